@@ -1,0 +1,427 @@
+"""LocalModel: a timm backbone trained as K gradient-isolated modules, with HiLo and PFF.
+
+``model(x)`` is the backbone's own inference. ``model.local_step(x, y)`` runs one training step's
+forward and backward, streamed module by module so that each module's activations are freed
+before the next module runs:
+
+1. module j runs on a detached copy ``u_j`` of module j-1's output;
+2. its auxiliary networks (the *independent* one, and with HiLo the *cascade* one that closes
+   the window of k modules ending at j) run on a detached copy of its output, one PFF patch at a
+   time, each patch's loss back-propagated at once; the gradients they leave on the detached
+   output are weighted (independent / cascade) and summed;
+3. the cascade part is carried back through the k-1 previous modules' retained graphs (an
+   input-gradient pass each), nothing further;
+4. a module whose last window has passed gets a single backward of everything it collected and
+   its graph is freed. Without HiLo that is module j itself, right away; with HiLo k=2 it is
+   module j-1, so at most k graphs are alive and every module runs its forward once.
+
+The last module feeds the backbone's own pooling and classifier with cross-entropy; with HiLo that
+loss is also the last window's cascade loss, as in the official HPFF code.
+
+The weights scale only the gradient the auxiliary losses send into the backbone; each auxiliary
+network itself trains on its own unscaled loss (in the official code the 0.001 weight also slows
+the independent auxiliary's own training to a crawl).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .aux import AUX_METHODS, AuxNet, AuxSpec, build_aux
+from .partition import Balance, Partition, partition_backbone
+from .patches import grid_slices
+
+__all__ = ["METHODS", "LocalModel", "from_timm"]
+
+METHODS = ("e2e", *AUX_METHODS)
+OFFICIAL_HILO_WEIGHTS = (0.001, 0.999)
+
+Backward = Callable[[Tensor], Any]
+
+
+def _default_backward(loss: Tensor) -> None:
+    loss.backward()
+
+
+class LocalModel(nn.Module):
+    """A timm classifier partitioned into gradient-isolated modules with auxiliary networks.
+
+    Args:
+        backbone: a timm classification model; kept as ``self.backbone`` with its own parameter
+            names, so its ``state_dict()`` loads strictly into the plain timm model.
+        num_modules: K, the number of gradient-isolated modules.
+        method: ``"dgl"``, ``"infopro"``, ``"predsim"``, or ``"e2e"`` (plain backpropagation
+            through the same wrapper: the baseline).
+        hilo: ``False`` for independent auxiliaries only, or the cascade size k ≥ 2 (``True``
+            means 2, the paper's choice).
+        pff: PFF grid size n: auxiliaries see n×n patches one at a time (1 turns PFF off).
+        splits: explicit module boundaries (first atom of modules 2..K, by index or name)
+            instead of the cost-balanced split.
+        balance: cost the automatic split balances: ``"memory"``, ``"flops"`` or ``"blocks"``.
+        hilo_weights: (independent, cascade) weights of the gradient the auxiliaries send into
+            the backbone; defaults to the official code's (0.001, 0.999). Without HiLo the
+            independent gradient is used unweighted.
+        aux_options: method-specific options passed to every auxiliary (see ``hpff_zoo.aux``).
+        input_size: ``(C, H, W)`` the partition costs are measured at; defaults to the
+            backbone's ``pretrained_cfg``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_modules: int = 4,
+        method: str = "infopro",
+        hilo: int | bool = 2,
+        pff: int = 2,
+        splits: Sequence[int | str] | None = None,
+        balance: Balance = "memory",
+        hilo_weights: tuple[float, float] = OFFICIAL_HILO_WEIGHTS,
+        aux_options: dict[str, Any] | None = None,
+        input_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+        self.method = method
+        self.cascade_size = _cascade_size(hilo)
+        self.pff = _grid_size(pff)
+        self.hilo_weights = tuple(float(w) for w in hilo_weights)
+        self.aux_options = dict(aux_options or {})
+        self.backbone = backbone
+        self.num_classes = backbone.num_classes
+        self.input_size = tuple(input_size or _default_input_size(backbone))
+        self.partition: Partition = partition_backbone(
+            backbone, num_modules, self.input_size, splits=splits, balance=balance
+        )
+        self._parameter_groups = self._group_parameters()
+        self.aux = self._build_aux()
+
+    # --- structure --------------------------------------------------------------------------
+
+    @property
+    def num_modules(self) -> int:
+        return self.partition.num_modules
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.method != "e2e" and self.num_modules > 1
+
+    def _group_parameters(self) -> list[list[str]]:
+        groups = [
+            [n for atom in self.partition.module_atoms(k) for n in atom.parameter_names]
+            for k in range(self.num_modules)
+        ]
+        owned = {n for group in groups for n in group}
+        # Whatever no atom owns is the head (pooling, pre-logits, classifier): the last module's.
+        groups[-1] += [n for n, _ in self.backbone.named_parameters() if n not in owned]
+        return groups
+
+    def module_parameters(self, index: int, include_aux: bool = False) -> Iterator[nn.Parameter]:
+        """Parameters of module ``index`` (0-based); the last module includes the head."""
+        params = dict(self.backbone.named_parameters())
+        for name in self._parameter_groups[index]:
+            yield params[name]
+        if include_aux and self.uses_aux:
+            for kind in ("independent", "cascade"):
+                aux = self.aux[kind]
+                if f"module{index + 1}" in aux:
+                    yield from aux[f"module{index + 1}"].parameters()
+
+    def _feature_map_size(self, index: int) -> tuple[int, int, int]:
+        """(C, H, W) of module ``index``'s output seen as a feature map."""
+        shape = self.partition.module_output_shape(index)
+        probe = torch.empty(shape, device="meta")
+        return tuple(self._to_map(probe).shape[1:])
+
+    def _build_aux(self) -> nn.ModuleDict:
+        aux = nn.ModuleDict({"independent": nn.ModuleDict(), "cascade": nn.ModuleDict()})
+        if not self.uses_aux:
+            return aux
+        supervised = self.num_modules - 1
+        cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
+        for j in range(supervised):
+            channels, height, width = self._feature_map_size(j)
+            if self.pff > min(height, width):
+                raise ValueError(
+                    f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
+                    f"module {j + 1} outputs {height}x{width}"
+                )
+            spec = AuxSpec(
+                channels=channels,
+                size=(height // self.pff, width // self.pff),
+                num_classes=self.num_classes,
+                image_channels=self.input_size[0],
+                mean=tuple(cfg.get("mean", (0.5,) * 3)),
+                std=tuple(cfg.get("std", (0.5,) * 3)),
+                depth=j / max(1, supervised - 1),
+                options=self.aux_options,
+            )
+            aux["independent"][f"module{j + 1}"] = build_aux(self.method, spec)
+            if self._has_cascade_aux(j):
+                aux["cascade"][f"module{j + 1}"] = build_aux(self.method, spec)
+        return aux
+
+    def _has_cascade_aux(self, index: int) -> bool:
+        """A cascade aux closes the window of k modules ending at ``index`` (not the last)."""
+        k = self.cascade_size
+        return k > 1 and k - 1 <= index < self.num_modules - 1
+
+    def _to_map(self, h: Tensor) -> Tensor:
+        """Module output as a (B, C, H, W) map: NCHW as is, NHWC permuted, tokens gridded."""
+        if h.dim() == 4:
+            if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+                return h.permute(0, 3, 1, 2)
+            return h
+        if h.dim() == 3:
+            prefix = getattr(self.backbone, "num_prefix_tokens", 0)
+            tokens = h[:, prefix:]
+            grid = getattr(getattr(self.backbone, "patch_embed", None), "grid_size", None)
+            if grid is None:
+                side = int(tokens.shape[1] ** 0.5)
+                grid = (side, tokens.shape[1] // side)
+            return tokens.transpose(1, 2).reshape(h.shape[0], h.shape[2], *grid)
+        raise ValueError(f"cannot attach an auxiliary network to a {h.dim()}-d module output")
+
+    def _run_module(self, index: int, x: Tensor) -> Tensor:
+        for atom in self.partition.module_atoms(index):
+            x = atom(x)
+        return x
+
+    # --- inference: the backbone's own ------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
+        """New classifier head, and fresh auxiliaries sized for the new classes."""
+        self.backbone.reset_classifier(num_classes, *args, **kwargs)
+        self.num_classes = num_classes
+        self._parameter_groups = self._group_parameters()
+        self.aux = self._build_aux().to(next(self.backbone.parameters()).device)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def local_step(
+        self, x: Tensor, y: Tensor, backward: Backward | None = None
+    ) -> dict[str, float]:
+        """One training step's forward and backward (no optimizer step).
+
+        Args:
+            x: input batch ``(B, C, H, W)``, normalised as the backbone expects.
+            y: class indices ``(B,)``.
+            backward: called as ``backward(loss)`` on every loss (each PFF patch's auxiliary
+                loss, the head's cross-entropy), so a trainer can pass ``accelerator.backward``.
+                Gradients those calls leave on a module's detached output are then pushed
+                through the module with ``torch.autograd``, which keeps whatever scaling
+                ``backward`` applied (loss scaling, accumulation) applied exactly once.
+
+        Returns:
+            ``{"module1": ..., "module{K-1}": ...}`` each module's weighted auxiliary loss, and
+            ``"head"``: the classifier's cross-entropy.
+        """
+        self._check_batch(x, y)
+        backward = backward or _default_backward
+        if not self.uses_aux:
+            loss = F.cross_entropy(self.backbone(x), y)
+            backward(loss)
+            return {"head": loss.item()}
+        return _StreamedStep(self, x, y, backward).run()
+
+    def _check_batch(self, x: Tensor, y: Tensor) -> None:
+        channels = self.input_size[0]
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f"expected an input batch of shape (B, {channels}, H, W), got {tuple(x.shape)}"
+            )
+        if y.shape != (x.shape[0],) or y.dtype != torch.long:
+            raise ValueError(f"expected labels of shape ({x.shape[0]},) and dtype long")
+        patch_embed = getattr(self.backbone, "patch_embed", None)
+        if getattr(patch_embed, "strict_img_size", False):
+            expected = tuple(patch_embed.img_size)
+            if tuple(x.shape[-2:]) != expected:
+                raise ValueError(f"this model takes {expected} inputs, got {tuple(x.shape[-2:])}")
+
+    def _aux_gradient(
+        self, aux: AuxNet, h: Tensor, y: Tensor, x: Tensor, backward: Backward
+    ) -> tuple[Tensor, Tensor]:
+        """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
+
+        Each patch is its own leaf tensor and its loss (divided by n², so the fused loss is the
+        patch average) is back-propagated before the next patch runs: the auxiliary's
+        activations, and the gradient of the patch, exist for one patch at a time. Patch
+        gradients are written into one map-sized buffer (slicing a shared leaf instead would
+        allocate a full-size gradient per patch).
+        """
+        detached = h.detach().requires_grad_()
+        feature = self._to_map(detached)
+        n = self.pff
+        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image else None
+        total = torch.zeros((), device=h.device)
+        grad_map = torch.zeros_like(feature) if n > 1 else None
+        for rows, cols in grid_slices(*feature.shape[-2:], n):
+            image = None
+            if image_patches is not None:
+                image_rows, image_cols = next(image_patches)
+                image = x[..., image_rows, image_cols]
+            patch = feature[..., rows, cols].detach().requires_grad_()
+            loss = aux(patch, y, image) / (n * n)
+            backward(loss)
+            total += loss.detach()
+            patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
+            if grad_map is None:
+                grad_map = patch_grad
+            else:
+                grad_map[..., rows, cols] = patch_grad
+        if feature is detached:
+            return grad_map, total
+        (grad,) = torch.autograd.grad(feature, detached, grad_map)  # back to h's layout
+        return grad, total
+
+
+class _StreamedStep:
+    """State of one streamed local step (see the module docstring for the schedule)."""
+
+    def __init__(self, model: LocalModel, x: Tensor, y: Tensor, backward: Backward) -> None:
+        self.model, self.x, self.y, self.backward = model, x, y, backward
+        self.k = model.cascade_size
+        self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
+        self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
+        self.pending: dict[int, Tensor] = {}  # gradient collected for h_j so far
+        self.losses: dict[str, Tensor] = {}
+        self.parameters = [list(model.module_parameters(j)) for j in range(model.num_modules)]
+
+    def run(self) -> dict[str, float]:
+        model, last = self.model, self.model.num_modules - 1
+        w_ind, w_cas = model.hilo_weights if self.k > 1 else (1.0, 0.0)
+        h = self.x
+        for j in range(last):
+            h = self._forward(j, h)
+            aux = model.aux
+            g_ind, loss = model._aux_gradient(
+                aux["independent"][f"module{j + 1}"], h, self.y, self.x, self.backward
+            )
+            self._collect(j, w_ind * g_ind)
+            loss = w_ind * loss
+            if model._has_cascade_aux(j):
+                g_cas, cascade_loss = model._aux_gradient(
+                    aux["cascade"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                )
+                self._carry_back(j, w_cas * g_cas, self.k)
+                loss = loss + w_cas * cascade_loss
+            self.losses[f"module{j + 1}"] = loss
+            self._release(j - self.k + 1)
+        self.losses["head"] = self._head(last, h)
+        for j in range(max(0, last - self.k + 1), last):
+            self._release(j)
+        return {name: value.item() for name, value in self.losses.items()}
+
+    def _forward(self, j: int, previous: Tensor) -> Tensor:
+        # Module j's input needs a gradient only if a cascade will reach back through it.
+        u = previous.detach().requires_grad_(self.k > 1 and j > 0)
+        h = self.model._run_module(j, u)
+        self.inputs[j], self.outputs[j] = u, h
+        return h
+
+    def _collect(self, j: int, grad: Tensor) -> None:
+        self.pending[j] = grad if j not in self.pending else self.pending[j] + grad
+
+    def _carry_back(self, j: int, grad: Tensor, reach: int) -> None:
+        """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules."""
+        self._collect(j, grad)
+        for m in range(j, j - reach + 1, -1):
+            (grad,) = torch.autograd.grad(self.outputs[m], self.inputs[m], grad, retain_graph=True)
+            self._collect(m - 1, grad)
+
+    def _head(self, last: int, previous: Tensor) -> Tensor:
+        """Last module + the backbone's head with cross-entropy, straight through ``backward``."""
+        u = previous.detach().requires_grad_(self.k > 1 and last > 0)
+        logits = self.model.backbone.forward_head(self.model._run_module(last, u))
+        loss = F.cross_entropy(logits, self.y)
+        self.backward(loss)
+        if u.grad is not None:  # HiLo: the head's loss is the last window's cascade loss
+            _, w_cas = self.model.hilo_weights
+            self._carry_back(last - 1, w_cas * u.grad, self.k - 1)
+        return loss.detach()
+
+    def _release(self, j: int) -> None:
+        """Module j will receive no more gradient: one backward into its parameters, then free."""
+        if j < 0 or j not in self.outputs:
+            return
+        h, grad = self.outputs.pop(j), self.pending.pop(j)
+        params = self.parameters[j]
+        if params and h.requires_grad:
+            torch.autograd.backward(h, grad, inputs=params)
+        del self.inputs[j]
+
+
+def _cascade_size(hilo: int | bool | None) -> int:
+    if hilo is None or hilo is False:
+        return 1
+    if hilo is True:
+        return 2
+    if isinstance(hilo, int) and hilo >= 2:
+        return hilo
+    raise ValueError(f"hilo must be False or a cascade size >= 2, got {hilo!r}")
+
+
+def _grid_size(pff: int) -> int:
+    if isinstance(pff, bool) or not isinstance(pff, int) or pff < 1:
+        raise ValueError(f"pff must be a grid size n >= 1 (1 turns PFF off), got {pff!r}")
+    return pff
+
+
+def _default_input_size(backbone: nn.Module) -> tuple[int, int, int]:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    _, height, width = cfg.get("input_size", (3, 224, 224))
+    fixed_size = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+    if fixed_size is not None:  # a ViT built with img_size=... keeps the 224-px cfg
+        height, width = fixed_size
+    first_conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 3
+    return channels, height, width
+
+
+def from_timm(
+    model_or_name: nn.Module | str,
+    num_modules: int = 4,
+    method: str = "infopro",
+    hilo: int | bool = 2,
+    pff: int = 2,
+    **kwargs: Any,
+) -> LocalModel:
+    """Wrap any timm classification model for local learning.
+
+    Args:
+        model_or_name: a timm model instance, or a name for ``timm.create_model``.
+        num_modules, method, hilo, pff: see :class:`LocalModel`.
+        **kwargs: :class:`LocalModel` options (``splits``, ``balance``, ``hilo_weights``,
+            ``aux_options``, ``input_size``); everything else goes to ``timm.create_model``
+            (``pretrained``, ``num_classes``, ``in_chans``, ...).
+    """
+    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size"}
+    local_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
+    if isinstance(model_or_name, str):
+        import timm
+
+        backbone = timm.create_model(model_or_name, **kwargs)
+    elif kwargs:
+        raise TypeError(f"timm keyword arguments {sorted(kwargs)} given with a model instance")
+    else:
+        backbone = model_or_name
+    return LocalModel(
+        backbone, num_modules=num_modules, method=method, hilo=hilo, pff=pff, **local_kwargs
+    )
