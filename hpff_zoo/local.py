@@ -26,6 +26,7 @@ the independent auxiliary's own training to a crawl).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -146,6 +147,7 @@ class LocalModel(nn.Module):
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
         for j in range(supervised):
             channels, height, width = self._feature_map_size(j)
+            next_atom = self.partition.module_atoms(j + 1)[0]
             if self.pff > min(height, width):
                 raise ValueError(
                     f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
@@ -153,17 +155,22 @@ class LocalModel(nn.Module):
                 )
             spec = AuxSpec(
                 channels=channels,
-                size=(height // self.pff, width // self.pff),
+                size=(height, width),
                 num_classes=self.num_classes,
+                grid=self.pff,
                 image_channels=self.input_size[0],
                 mean=tuple(cfg.get("mean", (0.5,) * 3)),
                 std=tuple(cfg.get("std", (0.5,) * 3)),
                 depth=j / max(1, supervised - 1),
+                next_block=next_atom.as_module(),
+                tokens=len(self.partition.module_output_shape(j)) == 3,
                 options=self.aux_options,
             )
-            aux["independent"][f"module{j + 1}"] = build_aux(self.method, spec)
+            hilo = self.cascade_size > 1
+            aux["independent"][f"module{j + 1}"] = build_aux(self.method, replace(spec, hilo=hilo))
             if self._has_cascade_aux(j):
-                aux["cascade"][f"module{j + 1}"] = build_aux(self.method, spec)
+                cascade = replace(spec, hilo=hilo, cascade=True)
+                aux["cascade"][f"module{j + 1}"] = build_aux(self.method, cascade)
         return aux
 
     def _has_cascade_aux(self, index: int) -> bool:
@@ -256,7 +263,7 @@ class LocalModel(nn.Module):
                 raise ValueError(f"this model takes {expected} inputs, got {tuple(x.shape[-2:])}")
 
     def _aux_gradient(
-        self, aux: AuxNet, h: Tensor, y: Tensor, x: Tensor, backward: Backward
+        self, aux: AuxNet, h: Tensor, y: Tensor, image: Tensor | None, backward: Backward
     ) -> tuple[Tensor, Tensor]:
         """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
 
@@ -269,16 +276,16 @@ class LocalModel(nn.Module):
         detached = h.detach().requires_grad_()
         feature = self._to_map(detached)
         n = self.pff
-        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image else None
+        image_patches = grid_slices(*image.shape[-2:], n) if image is not None else None
         total = torch.zeros((), device=h.device)
         grad_map = torch.zeros_like(feature) if n > 1 else None
         for rows, cols in grid_slices(*feature.shape[-2:], n):
-            image = None
+            image_patch = None
             if image_patches is not None:
                 image_rows, image_cols = next(image_patches)
-                image = x[..., image_rows, image_cols]
+                image_patch = image[..., image_rows, image_cols]
             patch = feature[..., rows, cols].detach().requires_grad_()
-            loss = aux(patch, y, image) / (n * n)
+            loss = aux(patch, y, image_patch) / (n * n)
             backward(loss)
             total += loss.detach()
             patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
@@ -297,6 +304,12 @@ class _StreamedStep:
 
     def __init__(self, model: LocalModel, x: Tensor, y: Tensor, backward: Backward) -> None:
         self.model, self.x, self.y, self.backward = model, x, y, backward
+        for group in model.aux.values():
+            for aux in group.values():
+                aux.before_step()
+        first_aux = model.aux["independent"]["module1"]
+        # The reconstruction target (if any), prepared once and cut into PFF patches per aux.
+        self.image = first_aux.prepare_image(x) if first_aux.needs_image else None
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
@@ -312,13 +325,13 @@ class _StreamedStep:
             h = self._forward(j, h)
             aux = model.aux
             g_ind, loss = model._aux_gradient(
-                aux["independent"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                aux["independent"][f"module{j + 1}"], h, self.y, self.image, self.backward
             )
             self._collect(j, w_ind * g_ind)
             loss = w_ind * loss
             if model._has_cascade_aux(j):
                 g_cas, cascade_loss = model._aux_gradient(
-                    aux["cascade"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                    aux["cascade"][f"module{j + 1}"], h, self.y, self.image, self.backward
                 )
                 self._carry_back(j, w_cas * g_cas, self.k)
                 loss = loss + w_cas * cascade_loss

@@ -26,10 +26,11 @@ def patched_loss(model, aux, h, y, x):
     """The PFF loss in one graph: the average of the auxiliary's loss over the n×n patches."""
     feature = model._to_map(h)
     n = model.pff
-    image_slices = list(grid_slices(*x.shape[-2:], n))
+    target = aux.prepare_image(x)
+    image_slices = list(grid_slices(*target.shape[-2:], n))
     total = 0
     for i, (rows, cols) in enumerate(grid_slices(*feature.shape[-2:], n)):
-        image = x[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
+        image = target[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
         total = total + aux(feature[..., rows, cols], y, image) / (n * n)
     return total
 
