@@ -32,9 +32,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from .local import METHODS, LocalModel
-from .memory import MemoryMeter
+from .memory import step_peak_bytes
 
-__all__ = ["main", "measure_flops", "measure_memory", "measure_speed", "model_kwargs"]
+__all__ = ["main", "measure_flops", "measure_speed", "model_kwargs"]
 
 DEFAULT_CONFIGS = ("e2e", "infopro", "infopro+hilo", "infopro+pff", "infopro+hpff")
 
@@ -70,15 +70,6 @@ def _batch(model: LocalModel, args: argparse.Namespace, device: torch.device):
     x = torch.randn(args.batch_size, channels, height, width, generator=generator).to(device)
     y = torch.randint(0, model.num_classes, (args.batch_size,), generator=generator).to(device)
     return x, y
-
-
-def measure_memory(model: LocalModel, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Peak bytes of one steady-state ``local_step`` (a first step allocates the .grad buffers)."""
-    model.train()
-    model.local_step(x, y)
-    with MemoryMeter(x.device) as meter:
-        model.local_step(x, y)
-    return meter.report.peak_bytes
 
 
 class _FlopCounter(TorchDispatchMode):
@@ -152,7 +143,7 @@ def run(args: argparse.Namespace) -> list[Measurement]:
     x, y = _batch(models[0], args, device)
     if args.command == "memory":
         return [
-            Measurement(config, peak_mib=measure_memory(model, x, y) / 2**20)
+            Measurement(config, peak_mib=step_peak_bytes(model, x, y) / 2**20)
             for config, model in zip(args.configs, models)
         ]
     flops = [measure_flops(model, x, y) / 1e9 for model in models]
