@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import hpff_zoo
 from hpff_zoo.data import (
+    DatasetError,
     TransformedDataset,
     create_transforms,
     load_image_classification,
@@ -429,16 +430,19 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     output = Path(args.output_dir)
 
     with accelerator.main_process_first():
-        data = load_image_classification(
-            args.dataset,
-            args.dataset_config,
-            args.train_split,
-            args.test_split,
-            args.image_column,
-            args.label_column,
-            args.test_fraction,
-            args.seed,
-        )
+        try:
+            data = load_image_classification(
+                args.dataset,
+                args.dataset_config,
+                args.train_split,
+                args.test_split,
+                args.image_column,
+                args.label_column,
+                args.test_fraction,
+                args.seed,
+            )
+        except DatasetError as error:  # one clear message, no traceback
+            raise SystemExit(f"error: {error}") from None
     data = data.limit(args.max_train_samples, args.max_eval_samples, seed=args.seed)
     model = build_model(args, data)
     data_config, train_set, train_loader, test_loader = _loaders(args, accelerator, data, model)
