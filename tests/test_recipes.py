@@ -128,13 +128,13 @@ def test_embedded_default_learns(tmp_path):
     """The no-argument run (preset mnist5k: hpff_resnet32, InfoPro + HiLo + PFF), shortened."""
     output = tmp_path / "default"
     stdout = check(run_recipe("cifar.py", "--max-train-samples", "1000", "--max-eval-samples",
-                              "500", "--epochs", "2", "--batch-size", "32", "--log-every", "1",
+                              "500", "--epochs", "2", "--log-every", "1",
                               "--output-dir", str(output), *QUICK))  # fmt: skip
     assert "infopro, K=4, HiLo k=2, PFF 2x2" in stdout and "test accuracy: top-1" in stdout
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     head = [r["loss/head"] for r in records if r["kind"] == "step"]
-    assert np.mean(head[-8:]) < np.mean(head[:8]) - 0.3, head
-    assert epochs(output)[-1]["test_top1"] > 50  # chance: 10 %
+    assert np.mean(head[-20:]) < np.mean(head[:20]) - 0.3, head
+    assert epochs(output)[-1]["test_top1"] > 40  # chance: 10 %
     assert (output / "model.safetensors").is_file() and (output / "config.json").is_file()
 
 
