@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,13 +312,8 @@ def _resume_point(args, checkpoints: CheckpointManager) -> Path | None:
     return checkpoints.latest()
 
 
-def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
-    """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
-    accelerator = _make_accelerator(args)
-    set_seed(args.seed, deterministic=args.deterministic)
-    output = Path(args.output_dir)
-
-    with accelerator.main_process_first():
+def _load_data(args: argparse.Namespace, accelerator: Accelerator):
+    with accelerator.main_process_first():  # the first process fills the datasets cache
         try:
             data = load_image_classification(
                 args.dataset,
@@ -331,7 +327,152 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
             )
         except DatasetError as error:  # one clear message, no traceback
             raise SystemExit(f"error: {error}") from None
-    data = data.limit(args.max_train_samples, args.max_eval_samples, seed=args.seed)
+    return data.limit(args.max_train_samples, args.max_eval_samples, seed=args.seed)
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds, and its two phases: an epoch, and its end."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared (DDP-wrapped on several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: TransformedDataset
+    train_loader: DataLoader
+    test_loader: DataLoader
+    checkpoints: CheckpointManager
+    metrics: MetricsWriter
+    progress: TrainingProgress = field(default_factory=TrainingProgress)
+
+    @property
+    def net(self) -> hpff_zoo.LocalModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def save_checkpoint(self) -> None:
+        average_buffers(self.accelerator, self.net)  # one model on every process and on disk
+        self.checkpoints.save(self.accelerator, self.progress.step)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train the rest of ``epoch`` (all of it unless resumed mid-epoch)."""
+        args, accelerator, progress = self.args, self.accelerator, self.progress
+        self.train_loader.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        skip = progress.batch_in_epoch
+        loader = (
+            accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        )
+        self.model.train()
+        bar = tqdm(
+            total=len(self.train_loader),
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            unit="batch",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        start, images, rate, peak = time.perf_counter(), 0, None, None
+        for x, y in loader:
+            with accelerator.accumulate(self.model):
+                if peak is None:  # the first step of the epoch runs under the memory meter
+                    with hpff_zoo.MemoryMeter(accelerator.device) as meter:
+                        losses = local_step(accelerator, self.model, x, y)
+                    peak = meter.report.peak_mib
+                else:
+                    losses = local_step(accelerator, self.model, x, y)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            progress.batch_in_epoch += 1
+            progress.loss_sum += losses["head"]
+            progress.loss_count += 1
+            images += x.shape[0] * accelerator.num_processes
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix_str(f"{summarize_losses(losses)} | {rate:.0f} img/s", refresh=False)
+            bar.update()
+            if accelerator.sync_gradients:
+                progress.step += 1
+                self._after_step(epoch, losses)
+        bar.close()
+        return {
+            "peak_step_mib": peak,
+            "images_per_second": rate,
+            "epoch_seconds": time.perf_counter() - start,
+        }
+
+    def _after_step(self, epoch: int, losses: dict[str, float]) -> None:
+        step, args = self.progress.step, self.args
+        if step % args.log_every == 0:
+            record = {
+                "step": step,
+                "epoch": epoch + 1,
+                "lr": self.scheduler.get_last_lr()[0],
+                **{f"loss/{k}": v for k, v in losses.items()},
+            }
+            self.accelerator.log(record, step=step)
+            self.metrics.write({"kind": "step", **record})
+        if args.checkpoint_every_steps and step % args.checkpoint_every_steps == 0:
+            self.save_checkpoint()
+
+    def end_epoch(self, epoch: int, stats: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate, report, log and (when due) checkpoint; returns the epoch's record."""
+        accelerator, progress = self.accelerator, self.progress
+        average_buffers(accelerator, self.net)
+        results = evaluate(accelerator, self.model, self.test_loader)
+        sums = torch.tensor([progress.loss_sum, progress.loss_count], device=accelerator.device)
+        sums = accelerator.reduce(sums, reduction="sum")
+        record = {
+            "kind": "epoch",
+            "epoch": epoch + 1,
+            "step": progress.step,
+            "processes": accelerator.num_processes,
+            "train_loss": (sums[0] / sums[1].clamp(min=1)).item(),
+            "test_top1": results["top1"],
+            "test_top5": results["top5"],
+            "test_loss": results["loss"],
+            **stats,
+        }
+        peak = stats["peak_step_mib"]
+        accelerator.print(
+            f"epoch {epoch + 1}/{self.args.epochs}  train loss {record['train_loss']:.4f}  "
+            f"test top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  peak step memory "
+            + (f"{peak:.1f} MiB" if peak is not None else "-")
+            + f"  {stats['epoch_seconds']:.1f} s"
+        )
+        accelerator.log(
+            {k: v for k, v in record.items() if isinstance(v, float | int)}, step=progress.step
+        )
+        self.metrics.write(record)
+        progress.epoch = epoch + 1
+        progress.start_epoch()
+        every = self.args.checkpoint_every_epochs
+        if every and progress.epoch % every == 0:
+            self.save_checkpoint()
+        return record
+
+
+def _describe(args, accelerator, data, net, data_config, steps_per_epoch) -> str:
+    return (
+        f"data   {data.source}: {len(data.train)} train / {len(data.test)} test images, "
+        f"{data.num_classes} classes, {data.channels}-channel images\n"
+        f"model  {args.model}: {net.method}, K={net.num_modules}, HiLo k={net.cascade_size}, "
+        f"PFF {net.pff}x{net.pff}, input {tuple(data_config['input_size'])}, "
+        f"{sum(p.numel() for p in net.backbone.parameters()) / 1e6:.2f} M backbone parameters\n"
+        f"run    {accelerator.num_processes} process(es) on {accelerator.device} "
+        f"({accelerator.distributed_type.value}), mixed precision {args.mixed_precision}, "
+        f"batch {args.batch_size} (x{args.grad_accum} accumulation), "
+        f"{steps_per_epoch} steps/epoch, {args.epochs} epochs, lr {args.lr}"
+        + (f", preset {args.preset}" if args.preset else "")
+    )
+
+
+def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
+    """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
+    accelerator = _make_accelerator(args)
+    set_seed(args.seed, deterministic=args.deterministic)
+    output = Path(args.output_dir)
+    data = _load_data(args, accelerator)
     model = build_model(args, data)
     data_config, train_set, train_loader, test_loader = _loaders(args, accelerator, data, model)
 
@@ -346,133 +487,45 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(args.warmup_epochs * steps_per_epoch))
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, args.min_lr / args.lr)
-    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, test_loader, scheduler
-    )
-    net = accelerator.unwrap_model(model)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-
+    prepared = accelerator.prepare(model, optimizer, train_loader, test_loader, scheduler)
+    model, optimizer, train_loader, test_loader, scheduler = prepared
     checkpoints = CheckpointManager(output / "checkpoints", keep=args.keep_checkpoints)
+    metrics = MetricsWriter(output / "metrics.jsonl", enabled=accelerator.is_main_process)
+    run = _Run(
+        args,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_set,
+        train_loader,
+        test_loader,
+        checkpoints,
+        metrics,
+    )
+    accelerator.register_for_checkpointing(run.progress)
+
     if accelerator.is_main_process:
         checkpoints.remove_partial()
     accelerator.wait_for_everyone()
+    accelerator.print(_describe(args, accelerator, data, run.net, data_config, steps_per_epoch))
     resume = _resume_point(args, checkpoints)
     if resume is not None:
         accelerator.load_state(str(resume))
-    accelerator.init_trackers("hpff", config=_tracker_config(args))
-    metrics = MetricsWriter(output / "metrics.jsonl", enabled=accelerator.is_main_process)
-
-    accelerator.print(
-        f"data   {data.source}: {len(data.train)} train / {len(data.test)} test images, "
-        f"{data.num_classes} classes, {data.channels}-channel images\n"
-        f"model  {args.model}: {net.method}, K={net.num_modules}, HiLo k={net.cascade_size}, "
-        f"PFF {net.pff}x{net.pff}, input {tuple(data_config['input_size'])}, "
-        f"{sum(p.numel() for p in net.backbone.parameters()) / 1e6:.2f} M backbone parameters\n"
-        f"run    {accelerator.num_processes} process(es) on {accelerator.device} "
-        f"({accelerator.distributed_type.value}), mixed precision {args.mixed_precision}, "
-        f"batch {args.batch_size} (x{args.grad_accum} accumulation), "
-        f"{steps_per_epoch} steps/epoch, {args.epochs} epochs, lr {args.lr}"
-        + (f", preset {args.preset}" if args.preset else "")
-        + (
-            f"\nresumed from {resume} (epoch {progress.epoch + 1}, step {progress.step})"
-            if resume
-            else ""
+        accelerator.print(
+            f"resumed from {resume} (epoch {run.progress.epoch + 1}, step {run.progress.step})"
         )
-    )
-
-    def save_checkpoint() -> None:
-        average_buffers(accelerator, net)  # every process, and the checkpoint, hold one model
-        checkpoints.save(accelerator, progress.step)
+    accelerator.init_trackers("hpff", config=_tracker_config(args))
 
     record: dict[str, Any] = {}
-    for epoch in range(progress.epoch, args.epochs):
-        train_loader.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        skip = progress.batch_in_epoch
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        model.train()
-        bar = tqdm(
-            total=len(train_loader),
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            unit="batch",
-            disable=not accelerator.is_local_main_process,
-            dynamic_ncols=True,
-        )
-        start, images, peak = time.perf_counter(), 0, None
-        for x, y in loader:
-            with accelerator.accumulate(model):
-                if peak is None:  # the first step of the epoch runs under the memory meter
-                    with hpff_zoo.MemoryMeter(accelerator.device) as meter:
-                        losses = local_step(accelerator, model, x, y)
-                    peak = meter.report.peak_mib
-                else:
-                    losses = local_step(accelerator, model, x, y)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.batch_in_epoch += 1
-            progress.loss_sum += losses["head"]
-            progress.loss_count += 1
-            images += x.shape[0] * accelerator.num_processes
-            rate = images / (time.perf_counter() - start)
-            bar.set_postfix_str(f"{summarize_losses(losses)} | {rate:.0f} img/s", refresh=False)
-            bar.update()
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            if progress.step % args.log_every == 0:
-                step_record = {
-                    "step": progress.step,
-                    "epoch": epoch + 1,
-                    "lr": scheduler.get_last_lr()[0],
-                    **{f"loss/{k}": v for k, v in losses.items()},
-                }
-                accelerator.log(step_record, step=progress.step)
-                metrics.write({"kind": "step", **step_record})
-            if args.checkpoint_every_steps and progress.step % args.checkpoint_every_steps == 0:
-                save_checkpoint()
-        bar.close()
-
-        average_buffers(accelerator, net)
-        results = evaluate(accelerator, model, test_loader)
-        sums = torch.tensor([progress.loss_sum, progress.loss_count], device=accelerator.device)
-        sums = accelerator.reduce(sums, reduction="sum")
-        record = {
-            "kind": "epoch",
-            "epoch": epoch + 1,
-            "step": progress.step,
-            "processes": accelerator.num_processes,
-            "train_loss": (sums[0] / sums[1].clamp(min=1)).item(),
-            "test_top1": results["top1"],
-            "test_top5": results["top5"],
-            "test_loss": results["loss"],
-            "peak_step_mib": peak,
-            "epoch_seconds": time.perf_counter() - start,
-            "images_per_second": rate if images else None,
-        }
-        accelerator.print(
-            f"epoch {epoch + 1}/{args.epochs}  train loss {record['train_loss']:.4f}  "
-            f"test top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  "
-            f"peak step memory {peak if peak is not None else float('nan'):.1f} MiB  "
-            f"{record['epoch_seconds']:.1f} s"
-        )
-        accelerator.log(
-            {k: v for k, v in record.items() if isinstance(v, float | int)}, step=progress.step
-        )
-        metrics.write(record)
-        progress.epoch = epoch + 1
-        progress.start_epoch()
-        if args.checkpoint_every_epochs and progress.epoch % args.checkpoint_every_epochs == 0:
-            save_checkpoint()
-
+    for epoch in range(run.progress.epoch, args.epochs):
+        record = run.end_epoch(epoch, run.train_epoch(epoch))
     if not record:  # resumed after the last epoch: report the saved model's accuracy
         results = evaluate(accelerator, model, test_loader)
         record = {"kind": "final", "test_top1": results["top1"], "test_top5": results["top5"]}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_backbone(net, output, data_config, data.label_names)
+        save_backbone(run.net, output, data_config, data.label_names)
         (output / "run_args.json").write_text(json.dumps(_tracker_config(args), indent=2))
     accelerator.print(
         f"test accuracy: top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  "
