@@ -512,8 +512,10 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     resume = _resume_point(args, checkpoints)
     if resume is not None:
         accelerator.load_state(str(resume))
+        done = run.progress
         accelerator.print(
-            f"resumed from {resume} (epoch {run.progress.epoch + 1}, step {run.progress.step})"
+            f"resumed from {resume}: {done.epoch} epochs + {done.batch_in_epoch} batches done, "
+            f"step {done.step}"
         )
     accelerator.init_trackers("hpff", config=_tracker_config(args))
 
