@@ -189,3 +189,30 @@ def test_help_explains_every_flag(script, capsys, monkeypatch):
                  "--checkpoint-every-steps", "--output-dir", "--preset"):  # fmt: skip
         assert flag in text
     assert text.count("%(default)") == 0
+
+
+def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import cifar
+    import imagenet
+    import loop
+
+    def parse(recipe, *argv, auto=lambda args: args.dataset):
+        parser = loop.build_parser("", recipe.PAPER_DEFAULTS)
+        return loop.parse_args(parser, list(argv), auto_preset=auto)
+
+    def settings(args):
+        return args.batch_size, args.lr, args.epochs, args.num_modules, args.preset
+
+    assert settings(parse(cifar)) == (16, 0.2, 3, 4, "mnist5k")  # the embedded default
+    assert settings(parse(cifar, "--dataset", "cifar10")) == (1024, 0.8, 400, None, None)
+    assert settings(parse(cifar, "--dataset", "stl10")) == (128, 0.1, 400, None, "stl10")
+    assert settings(parse(cifar, "--lr", "0.05")) == (16, 0.05, 3, 4, "mnist5k")
+    assert parse(cifar, "--dataset", "uoft-cs/cifar10").preset is None
+    by_model = lambda args: f"imagenet-{args.model}"  # noqa: E731
+    assert settings(parse(imagenet, auto=by_model))[:3] == (128, 0.05, 90)
+    assert settings(parse(imagenet, "--model", "hpff_vgg13", auto=by_model))[:2] == (64, 0.025)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse(cifar, "--preset", str(bad))
