@@ -2,10 +2,10 @@
 """Fine-tune a trained backbone on new data and classes, end to end or with local learning.
 
 --init is an hpff_zoo export (a directory with model.safetensors + config.json, such as the
---output-dir of recipes/cifar.py), a Hub model (hf-hub:org/name), or any timm model name (with
-timm's pretrained weights unless --no-pretrained). The classifier is replaced for the new number
-of classes; --method e2e trains with plain backprop, any other method wraps the backbone in K
-gradient-isolated modules with fresh auxiliary networks.
+--output-dir of recipes/cifar.py), a Hub model (org/name or hf-hub:org/name), or any timm model
+name (with timm's pretrained weights unless --no-pretrained). The classifier is replaced for the
+new number of classes; --method e2e trains with plain backprop, any other method wraps the
+backbone in K gradient-isolated modules with fresh auxiliary networks.
 
     python recipes/finetune.py --init output/cifar --dataset fashion_mnist --method e2e
     accelerate launch recipes/finetune.py --init hf-hub:timm/resnet50.a1_in1k --dataset /data/pets
@@ -41,6 +41,8 @@ def load_backbone(args: argparse.Namespace, num_classes: int):
         if not (path / "config.json").is_file():
             raise SystemExit(f"--init {path}: no config.json (expected a timm/hpff_zoo export)")
         name, pretrained = f"local-dir:{path}", True
+    elif "/" in args.init and ":" not in args.init:  # a bare Hub id: org/name
+        name, pretrained = f"hf-hub:{args.init}", True
     else:
         name, pretrained = args.init, args.pretrained or args.init.startswith("hf-hub:")
     kwargs = {} if args.in_chans == "auto" else {"in_chans": input_channels(args, 3)}
