@@ -49,6 +49,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks_per_stage = (depth - 2) // 6
         self.num_classes = num_classes
+        self.in_chans = in_chans  # read by timm's export (save_for_hf) and input resolution
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 

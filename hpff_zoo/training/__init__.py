@@ -1,0 +1,30 @@
+"""Building blocks for training a ``LocalModel`` with Accelerate (used by ``recipes/``).
+
+* :func:`local_step`: one local-learning step whose gradients are averaged across processes
+  although it runs many backward calls (DDP's own hooks cannot do that);
+* :class:`CheckpointManager` / :class:`TrainingProgress`: crash-safe ``save_state`` checkpoints
+  and the position ``--resume`` continues from;
+* :func:`warmup_cosine`, :func:`evaluate`, :class:`MetricsWriter`, :func:`summarize_losses`;
+* :func:`save_backbone`: the final weights as ``model.safetensors`` + timm ``config.json``.
+
+Unlike the core library, this package needs Accelerate.
+"""
+
+from .checkpoint import CheckpointManager, TrainingProgress
+from .export import save_backbone
+from .metrics import MetricsWriter, evaluate, summarize_losses
+from .schedule import warmup_cosine
+from .step import average_buffers, average_gradients, local_step
+
+__all__ = [
+    "CheckpointManager",
+    "MetricsWriter",
+    "TrainingProgress",
+    "average_buffers",
+    "average_gradients",
+    "evaluate",
+    "local_step",
+    "save_backbone",
+    "summarize_losses",
+    "warmup_cosine",
+]

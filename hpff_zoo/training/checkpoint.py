@@ -1,0 +1,120 @@
+"""Crash-safe Accelerate checkpoints and the training position they resume from.
+
+``accelerator.save_state`` writes several files (model, optimizer, scheduler, sampler, random
+states of every process, registered objects). A run killed while writing them must not leave a
+checkpoint that ``--resume`` would pick up half-written, so :class:`CheckpointManager` lets every
+process write into a hidden ``.tmp-checkpoint-N`` directory, flushes the files to disk, and only
+then renames it to ``checkpoint-N``: a directory under that name is complete by construction,
+and the latest one is simply the highest N. Leftover temporary directories are ignored and
+removed on the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["CheckpointManager", "TrainingProgress"]
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands; registered with ``accelerator.register_for_checkpointing``.
+
+    Attributes:
+        epoch: current epoch (0-based).
+        step: optimizer steps taken so far.
+        batch_in_epoch: batches of the current epoch already consumed (to skip on resume).
+        loss_sum, loss_count: running sum and count of the head loss over the current epoch,
+            so a resumed epoch reports the same mean as an uninterrupted one.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def start_epoch(self) -> None:
+        self.batch_in_epoch, self.loss_sum, self.loss_count = 0, 0.0, 0
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root``, and ``root`` itself, to disk."""
+    for path in root.rglob("*"):
+        _fsync(path)
+    _fsync(root)
+
+
+class CheckpointManager:
+    """Atomic ``accelerator.save_state`` checkpoints in ``directory``, keeping the newest ``keep``.
+
+    Args:
+        directory: where ``checkpoint-N`` directories live (N = optimizer step).
+        keep: how many complete checkpoints to keep (0 or None keeps all).
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int | None = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))
+        ]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def remove_partial(self) -> None:
+        """Delete temporary directories left by a run killed while saving."""
+        if self.directory.is_dir():
+            for path in self.directory.glob(".tmp-checkpoint-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def save(self, accelerator, step: int) -> Path:
+        """Save the accelerator's state as ``checkpoint-{step}``; call on every process."""
+        final = self.directory / f"checkpoint-{step:08d}"
+        partial = self.directory / f".tmp-checkpoint-{step:08d}"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _fsync_tree(partial)
+            if final.exists():  # the same step saved again after a resume
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            _fsync(self.directory)
+            if self.keep:
+                for old in self.checkpoints()[: -self.keep]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return final

@@ -1,0 +1,76 @@
+"""Evaluation (top-1 / top-5 across processes), the metrics file, and readable loss summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MetricsWriter", "evaluate", "summarize_losses"]
+
+
+@torch.no_grad()
+def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of the backbone over ``loader``.
+
+    Every process evaluates its shard; ``gather_for_metrics`` collects the per-example results
+    and drops the duplicates a distributed sampler adds to even out the last batch.
+    """
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = net(x)
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == y[:, None]
+        per_example = torch.stack(
+            [
+                hits[:, 0].float(),
+                hits.any(1).float(),
+                F.cross_entropy(logits.float(), y, reduction="none"),
+            ],
+            dim=1,
+        )
+        per_example = accelerator.gather_for_metrics(per_example)
+        totals += per_example.double().sum(0).cpu()
+        count += per_example.shape[0]
+    net.train(was_training)
+    top1, top5, loss = (totals / max(count, 1)).tolist()
+    return {"top1": 100 * top1, "top5": 100 * top5, "loss": loss, "examples": count}
+
+
+def summarize_losses(losses: dict[str, float]) -> str:
+    """``head 0.53 | m1 2.31 m8 1.02 m15 0.61``: head loss, then first, middle, last module."""
+    modules = [k for k in losses if k.startswith("module")]
+    shown = (
+        sorted({modules[0], modules[len(modules) // 2], modules[-1]}, key=modules.index)
+        if modules
+        else []
+    )
+    parts = [f"head {losses['head']:.3f}"]
+    if shown:
+        parts.append(" ".join(f"m{name[6:]} {losses[name]:.3f}" for name in shown))
+    return " | ".join(parts)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``path`` (main process only; others do nothing)."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,128 @@
+"""hpff_zoo.training in one process: bf16 on CPU, checkpoints, schedule, export round trip.
+
+The multi-process and crash behaviour is exercised end to end in test_recipes.py.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from hpff_zoo.training import (
+    CheckpointManager,
+    TrainingProgress,
+    local_step,
+    save_backbone,
+    summarize_losses,
+    warmup_cosine,
+)
+
+from .helpers import batch
+
+
+@pytest.fixture
+def accelerator_factory():
+    """Accelerators with different settings in one process need Accelerate's state reset."""
+    yield lambda **kwargs: Accelerator(cpu=True, **kwargs)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_step_on_cpu(accelerator_factory):
+    accelerator = accelerator_factory(mixed_precision="bf16")
+    model = timm.create_model("hpff_resnet32", num_modules=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    dtypes = []
+    model.backbone.layer2[0].conv1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    x, y = batch(4)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = local_step(accelerator, model, x, y)
+    optimizer.step()
+    assert set(losses) == {"module1", "module2", "module3", "head"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert dtypes == [torch.bfloat16]  # the step really ran under bf16 autocast
+    params = list(model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in params)
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_gradient_accumulation_scales_every_loss(accelerator_factory):
+    """Two accumulated half batches through accelerator.backward = one averaged pair."""
+    accelerator = accelerator_factory(gradient_accumulation_steps=2)
+    model = timm.create_model("hpff_resnet32", num_modules=3)
+    model = accelerator.prepare(model)
+    x, y = batch(8)
+    for half in (slice(0, 4), slice(4, 8)):
+        with accelerator.accumulate(model):
+            local_step(accelerator, model, x[half], y[half])
+    accumulated = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    for half in (slice(0, 4), slice(4, 8)):
+        model.local_step(x[half], y[half])
+    summed = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(accumulated) == len(summed) > 0
+    assert all(torch.allclose(a, s / 2, atol=1e-6) for a, s in zip(accumulated, summed))
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, accelerator_factory):
+    accelerator = accelerator_factory()
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    manager = CheckpointManager(tmp_path / "checkpoints", keep=2)
+    for step in (3, 7, 12):
+        progress.step = step
+        manager.save(accelerator, step)
+    partial = tmp_path / "checkpoints" / ".tmp-checkpoint-00000099"  # a save killed midway
+    partial.mkdir()
+    assert [p.name for p in manager.checkpoints()] == ["checkpoint-00000007", "checkpoint-00000012"]
+    assert manager.latest().name == "checkpoint-00000012"
+    manager.remove_partial()
+    assert not partial.exists()
+
+    with torch.no_grad():
+        model.weight.zero_()
+    progress.step = 0
+    accelerator.load_state(str(manager.latest()))
+    assert progress.step == 12 and model.weight.abs().sum() > 0
+
+
+def test_warmup_cosine_schedule():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.8)
+    scheduler = warmup_cosine(optimizer, total_steps=20, warmup_steps=4, min_ratio=0.1)
+    rates = []
+    for _ in range(20):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.2) and rates[3] == pytest.approx(0.8)
+    assert rates[4] == pytest.approx(0.8) and all(a >= b for a, b in pairwise(rates[4:]))
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine(optimizer, total_steps=3, warmup_steps=5)
+
+
+def test_exported_backbone_loads_in_plain_timm(tmp_path):
+    model = timm.create_model("hpff_resnet32", num_classes=3, in_chans=1, num_modules=4)
+    data_config = {"input_size": (1, 32, 32), "mean": (0.47,), "std": (0.25,)}
+    save_backbone(model, tmp_path, data_config, ["a", "b", "c"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architecture"] == "cifar_resnet32" and config["label_names"] == ["a", "b", "c"]
+    assert config["pretrained_cfg"]["input_size"] == [1, 32, 32]
+    assert config["pretrained_cfg"]["mean"] == [0.47]
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    x = batch(2, channels=1)[0]
+    assert torch.allclose(loaded(x), model.eval()(x))
+
+
+def test_loss_summary_names_first_middle_and_last_module():
+    losses = {f"module{i}": i / 10 for i in range(1, 16)} | {"head": 0.5}
+    assert summarize_losses(losses) == "head 0.500 | m1 0.100 m8 0.800 m15 1.500"
+    assert summarize_losses({"head": 1.0}) == "head 1.000"
