@@ -161,10 +161,14 @@ class LocalModel(nn.Module):
                 depth=j / max(1, supervised - 1),
                 options=self.aux_options,
             )
-            aux["independent"][f"module{j + 1}"] = build_aux(self.method, spec)
+            aux["independent"][f"module{j + 1}"] = self._new_aux(spec)
             if self._has_cascade_aux(j):
-                aux["cascade"][f"module{j + 1}"] = build_aux(self.method, spec)
+                aux["cascade"][f"module{j + 1}"] = self._new_aux(spec)
         return aux
+
+    def _new_aux(self, spec: AuxSpec) -> AuxNet:
+        """One auxiliary network of this model's method (a subclass may build other kinds)."""
+        return build_aux(self.method, spec)
 
     def _has_cascade_aux(self, index: int) -> bool:
         """A cascade aux closes the window of k modules ending at ``index`` (not the last)."""
@@ -202,6 +206,14 @@ class LocalModel(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def head_loss(self, features: Tensor, y: Tensor) -> Tensor:
+        """Loss of the backbone's head on the last module's output: cross-entropy of its logits.
+
+        The streamed schedule calls this once per step; a subclass with another kind of head (a
+        segmentation decoder) overrides it.
+        """
+        return F.cross_entropy(self.backbone.forward_head(features), y)
 
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()
@@ -264,21 +276,26 @@ class LocalModel(nn.Module):
         patch average) is back-propagated before the next patch runs: the auxiliary's
         activations, and the gradient of the patch, exist for one patch at a time. Patch
         gradients are written into one map-sized buffer (slicing a shared leaf instead would
-        allocate a full-size gradient per patch).
+        allocate a full-size gradient per patch). A dense target (a label map of the input's
+        height and width, as in segmentation) is cut into the same patches as the image.
         """
         detached = h.detach().requires_grad_()
         feature = self._to_map(detached)
         n = self.pff
-        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image else None
+        dense = _is_dense_target(y, x)
+        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image or dense else None
         total = torch.zeros((), device=h.device)
         grad_map = torch.zeros_like(feature) if n > 1 else None
         for rows, cols in grid_slices(*feature.shape[-2:], n):
-            image = None
+            image, target = None, y
             if image_patches is not None:
                 image_rows, image_cols = next(image_patches)
-                image = x[..., image_rows, image_cols]
+                if aux.needs_image:
+                    image = x[..., image_rows, image_cols]
+                if dense:
+                    target = y[..., image_rows, image_cols]
             patch = feature[..., rows, cols].detach().requires_grad_()
-            loss = aux(patch, y, image) / (n * n)
+            loss = aux(patch, target, image) / (n * n)
             backward(loss)
             total += loss.detach()
             patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
@@ -347,10 +364,9 @@ class _StreamedStep:
             self._collect(m - 1, grad)
 
     def _head(self, last: int, previous: Tensor) -> Tensor:
-        """Last module + the backbone's head with cross-entropy, straight through ``backward``."""
+        """Last module + the model's head loss, straight through ``backward``."""
         u = previous.detach().requires_grad_(self.k > 1 and last > 0)
-        logits = self.model.backbone.forward_head(self.model._run_module(last, u))
-        loss = F.cross_entropy(logits, self.y)
+        loss = self.model.head_loss(self.model._run_module(last, u), self.y)
         self.backward(loss)
         if u.grad is not None:  # HiLo: the head's loss is the last window's cascade loss
             _, w_cas = self.model.hilo_weights
@@ -366,6 +382,11 @@ class _StreamedStep:
         if params and h.requires_grad:
             torch.autograd.backward(h, grad, inputs=params)
         del self.inputs[j]
+
+
+def _is_dense_target(y: Tensor, x: Tensor) -> bool:
+    """A per-pixel target: at least (B, H, W) with the input's spatial size."""
+    return y.dim() >= 3 and y.shape[-2:] == x.shape[-2:]
 
 
 def _cascade_size(hilo: int | bool | None) -> int:
