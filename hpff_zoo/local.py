@@ -69,6 +69,8 @@ class LocalModel(nn.Module):
         aux_options: method-specific options passed to every auxiliary (see ``hpff_zoo.aux``).
         input_size: ``(C, H, W)`` the partition costs are measured at; defaults to the
             backbone's ``pretrained_cfg``.
+        trace_size: ``(C, H, W)`` the partitioner runs the backbone at to find its atoms
+            (default ``input_size``; see :func:`hpff_zoo.partition.partition_backbone`).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class LocalModel(nn.Module):
         hilo_weights: tuple[float, float] = OFFICIAL_HILO_WEIGHTS,
         aux_options: dict[str, Any] | None = None,
         input_size: Sequence[int] | None = None,
+        trace_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -96,7 +99,12 @@ class LocalModel(nn.Module):
         self.num_classes = backbone.num_classes
         self.input_size = tuple(input_size or _default_input_size(backbone))
         self.partition: Partition = partition_backbone(
-            backbone, num_modules, self.input_size, splits=splits, balance=balance
+            backbone,
+            num_modules,
+            self.input_size,
+            splits=splits,
+            balance=balance,
+            trace_size=trace_size,
         )
         self._parameter_groups = self._group_parameters()
         self.aux = self._build_aux()
@@ -433,7 +441,7 @@ def from_timm(
             ``aux_options``, ``input_size``); everything else goes to ``timm.create_model``
             (``pretrained``, ``num_classes``, ``in_chans``, ...).
     """
-    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size"}
+    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size"}
     local_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
     if isinstance(model_or_name, str):
         import timm
