@@ -6,16 +6,16 @@ import pytest
 
 pytest.importorskip("mmseg", reason='segmentation extra not installed: pip install -e ".[seg]"')
 
-import torch  # noqa: E402
-from mmengine.optim import OptimWrapper  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from mmengine.optim import OptimWrapper
+from mmseg.registry import MODELS
+from torch import nn
 
-import hpff_zoo.seg  # noqa: E402, F401
-from hpff_zoo import MemoryMeter  # noqa: E402
+import hpff_zoo.seg  # noqa: F401
+from hpff_zoo import MemoryMeter
 
-from .helpers import expected_module_gradients  # noqa: E402
-from .seg_data import tiny_batch, tiny_config, tiny_model  # noqa: E402
+from .helpers import expected_module_gradients
+from .seg_data import tiny_batch, tiny_config, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,7 +166,7 @@ def test_bad_model_config_is_a_clear_error(options, message):
 def test_local_method_without_a_crop_size_is_a_clear_error():
     cfg = tiny_config("hpff-k4", "unused", "unused", 1).model
     cfg.data_preprocessor.size = None
-    with pytest.raises(ValueError, match="data_preprocessor.size = crop_size"):
+    with pytest.raises(ValueError, match=r"data_preprocessor\.size = crop_size"):
         MODELS.build(cfg)
 
 
