@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from mmengine.logging import print_log
-from mmseg.registry import WEIGHT_INITIALIZERS
+from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import Tensor, nn
 
 __all__ = [
