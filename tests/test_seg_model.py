@@ -7,7 +7,9 @@ import pytest
 pytest.importorskip("mmseg", reason='segmentation extra not installed: pip install -e ".[seg]"')
 
 import torch
+from mmengine.config import Config
 from mmengine.optim import OptimWrapper
+from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from torch import nn
 
@@ -180,3 +182,29 @@ def test_batch_of_one_and_whole_network_loss_are_clear_errors():
             model.train_step(data, wrapper)
     with pytest.raises(RuntimeError, match="trains through train_step"):
         tiny_model("hpff-k4").loss(x, samples)
+
+
+@pytest.mark.slow
+def test_full_deeplabv3_r101_memory_hpff_k4_vs_e2e():
+    """The recipes' own ResNet-101-D8 DeepLab-V3 (only the crop reduced, for CPU): peak memory."""
+    from .seg_data import recipe
+
+    crop = (128, 256)
+    x, _, samples = tiny_batch(2)
+    x = torch.nn.functional.interpolate(x, size=crop)
+    for sample in samples:
+        labels = sample.gt_sem_seg.data[None].float()
+        sample.gt_sem_seg = PixelData(data=torch.nn.functional.interpolate(labels, crop)[0].long())
+    data = {"inputs": list((x * 50 + 120).to(torch.uint8)), "data_samples": samples}
+    peaks = {}
+    for name in ("e2e", "infopro-k4", "hpff-k4"):
+        cfg = Config.fromfile(recipe(name))
+        cfg.model.pretrained = None
+        cfg.model.data_preprocessor.size = crop
+        peaks[name] = _peak_training_bytes(MODELS.build(cfg.model), data)
+    print(
+        "\nDeepLab-V3 R101-D8, crop 128x256, batch 2, peak training memory (MiB): "
+        + ", ".join(f"{k} {v / 2**20:.1f} ({v / peaks['e2e']:.3f})" for k, v in peaks.items())
+    )
+    assert peaks["hpff-k4"] < peaks["e2e"]
+    assert peaks["infopro-k4"] < peaks["e2e"]
