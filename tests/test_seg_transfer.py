@@ -111,3 +111,19 @@ def test_missing_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
         load_hpff_state_dict(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_hpff_resnet101_export_fills_the_recipe_backbone(tmp_path):
+    """An hpff_resnet101 export (timm's save_for_hf) initialises the 101 recipe's backbone."""
+    model = timm.create_model("hpff_resnet101", num_classes=19)
+    timm.models.save_for_hf(model, tmp_path)
+    cfg = Config.fromfile(recipe("hpff-k4"))
+    assert use_backbone_checkpoint(cfg, str(tmp_path)) == {"type": "ResNet", "depth": 101}
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()
+    expected = model.backbone.state_dict()
+    loaded = backbone.state_dict()
+    assert len(loaded) == len(expected) - 2  # all but fc.weight, fc.bias
+    for name, tensor in loaded.items():
+        torch.testing.assert_close(tensor, expected[name], msg=name)

@@ -99,12 +99,19 @@ class InfoProAux(AuxNet):
         lambdas = spec.options.get("lambdas", DEFAULT_LAMBDAS)
         self.lambda_rec, self.lambda_cls = infopro_lambdas(spec.depth, lambdas)
         self.decoder = ReconstructionDecoder(spec)
-        self.classifier = ConvClassifier(spec.channels, spec.size, spec.num_classes)
+        self.classifier = self.make_classifier(spec)
+
+    def make_classifier(self, spec: AuxSpec) -> nn.Module:
+        """The classification branch (a subclass may predict per pixel instead)."""
+        return ConvClassifier(spec.channels, spec.size, spec.num_classes)
+
+    def classification_loss(self, feature: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self.classifier(feature), target)
 
     def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
         if image is None:
             raise ValueError("InfoPro needs the input image for its reconstruction loss")
         loss = self.lambda_rec * self.decoder(feature, image)
         if self.lambda_cls:
-            loss = loss + self.lambda_cls * F.cross_entropy(self.classifier(feature), target)
+            loss = loss + self.lambda_cls * self.classification_loss(feature, target)
         return loss

@@ -8,9 +8,9 @@ with the head mmseg uses as DeepLab-V3's auxiliary head (FCN: one 3×3 conv-BN-R
 classifier), its logits upsampled to the label patch as mmseg's decode heads do.
 
 - ``dgl``: that per-pixel cross-entropy alone.
-- ``infopro``: ``λ_rec · reconstruction + λ_cls · per-pixel cross-entropy`` with InfoPro's
-  depth-interpolated weights and reconstruction decoder, both reused from
-  :mod:`hpff_zoo.aux.infopro`.
+- ``infopro``: ``λ_rec · reconstruction + λ_cls · per-pixel cross-entropy``: the core's
+  InfoPro auxiliary (depth-interpolated weights, reconstruction decoder) with this per-pixel
+  classifier in place of its image classifier.
 
 PredSim's similarity matching compares whole images within a batch and has no per-pixel
 counterpart, so it is not offered here.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..aux import AuxNet, AuxSpec
-from ..aux.infopro import DEFAULT_LAMBDAS, ReconstructionDecoder, infopro_lambdas
+from ..aux.infopro import InfoProAux
 from ..aux.layers import conv_bn_relu
 
 __all__ = ["IGNORE_INDEX", "SEG_AUX_METHODS", "PixelClassifier", "build_seg_aux"]
@@ -59,23 +59,14 @@ class PixelDGLAux(AuxNet):
         return self.classifier(feature, target)
 
 
-class PixelInfoProAux(AuxNet):
-    needs_image = True
+class PixelInfoProAux(InfoProAux):
+    """The core's InfoPro auxiliary with its classifier replaced by :class:`PixelClassifier`."""
 
-    def __init__(self, spec: AuxSpec) -> None:
-        super().__init__()
-        lambdas = spec.options.get("lambdas", DEFAULT_LAMBDAS)
-        self.lambda_rec, self.lambda_cls = infopro_lambdas(spec.depth, lambdas)
-        self.decoder = ReconstructionDecoder(spec)
-        self.classifier = PixelClassifier(spec)
+    def make_classifier(self, spec: AuxSpec) -> nn.Module:
+        return PixelClassifier(spec)
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
-        if image is None:
-            raise ValueError("InfoPro needs the input image for its reconstruction loss")
-        loss = self.lambda_rec * self.decoder(feature, image)
-        if self.lambda_cls:
-            loss = loss + self.lambda_cls * self.classifier(feature, target)
-        return loss
+    def classification_loss(self, feature: Tensor, target: Tensor) -> Tensor:
+        return self.classifier(feature, target)
 
 
 SEG_AUX_METHODS: dict[str, Callable[[AuxSpec], AuxNet]] = {
@@ -86,11 +77,9 @@ SEG_AUX_METHODS: dict[str, Callable[[AuxSpec], AuxNet]] = {
 
 def build_seg_aux(method: str, spec: AuxSpec) -> AuxNet:
     """The segmentation auxiliary network of ``method`` for one module."""
-    try:
-        factory = SEG_AUX_METHODS[method]
-    except KeyError:
+    if method not in SEG_AUX_METHODS:
         raise ValueError(
             f"local method {method!r} has no segmentation auxiliary; choose from "
             f"{sorted(SEG_AUX_METHODS)} (or 'e2e')"
-        ) from None
-    return factory(spec)
+        )
+    return SEG_AUX_METHODS[method](spec)
