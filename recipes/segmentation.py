@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             sub.add_argument(
                 "--amp", action="store_true", help="mixed precision (mmengine AmpOptimWrapper)"
             )
+            sub.add_argument(
+                "--launcher",
+                choices=["none", "pytorch", "slurm", "mpi"],
+                default="none",
+                help="distributed launcher, E2E only (e.g. under torchrun: pytorch); local "
+                "methods train single-process",
+            )
         sub.add_argument(
             "--data-root",
             metavar="DIR",
@@ -97,6 +104,7 @@ def build_config(args: argparse.Namespace) -> Config:
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.loss_scale = "dynamic"
         cfg.resume = args.resume
+        cfg.launcher = args.launcher
     else:
         check_data(cfg, "test_dataloader")
         cfg.load_from = args.checkpoint

@@ -122,6 +122,22 @@ def test_local_train_step_updates_backbone_heads_and_auxiliaries_once():
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # zeroed
 
 
+def test_local_backbone_turns_syncbn_into_batchnorm_before_partitioning():
+    """The base config's SyncBN is BN in the backbone, and the atoms run those BN layers."""
+    model = tiny_model("hpff-k4")
+    assert tiny_config("hpff-k4", "unused", "unused", 1).model.backbone.norm_cfg.type == "SyncBN"
+    norms = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    called = set()
+    for norm in norms:
+        norm.register_forward_hook(lambda m, *_: called.add(id(m)))
+    x, _, _ = tiny_batch(2)
+    with torch.no_grad():
+        for j in range(model.local.num_modules):
+            x = model.local._run_module(j, x)
+    assert called == {id(m) for m in norms}
+
+
 def test_checkpoint_is_mmseg_state_dict_plus_auxiliaries():
     model = tiny_model("hpff-k4")
     stock_keys = set(_stock_twin(tiny_model("e2e")).state_dict())

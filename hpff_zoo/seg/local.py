@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..aux import AuxNet, AuxSpec
-from ..local import LocalModel
+from ..local import Backward, LocalModel
 from .aux import build_seg_aux
 
 __all__ = ["BackboneChain", "DenseLocalModel", "HeadLoss"]
@@ -111,7 +111,9 @@ class DenseLocalModel(LocalModel):
                 f"got {tuple(y.shape)} {y.dtype}"
             )
 
-    def local_step(self, x: Tensor, y: Tensor, backward=None) -> dict[str, float]:
+    def local_step(
+        self, x: Tensor, y: Tensor, backward: Backward | None = None
+    ) -> dict[str, float]:
         try:
             return super().local_step(x, y, backward)
         finally:

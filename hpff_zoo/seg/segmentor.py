@@ -181,6 +181,6 @@ class HPFFEncoderDecoder(EncoderDecoder):
         losses = {k: v.detach() for k, v in self._local.head_losses.items()}
         for name, value in module_losses.items():
             if name != "head":
-                losses[f"{name}.loss_local"] = torch.tensor(value)
+                losses[f"{name}.loss_local"] = torch.tensor(value, device=inputs.device)
         _, log_vars = self.parse_losses(losses)
         return log_vars
