@@ -26,6 +26,7 @@ the independent auxiliary's own training to a crawl).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -154,6 +155,7 @@ class LocalModel(nn.Module):
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
         for j in range(supervised):
             channels, height, width = self._feature_map_size(j)
+            next_atom = self.partition.module_atoms(j + 1)[0]
             if self.pff > min(height, width):
                 raise ValueError(
                     f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
@@ -161,17 +163,22 @@ class LocalModel(nn.Module):
                 )
             spec = AuxSpec(
                 channels=channels,
-                size=(height // self.pff, width // self.pff),
+                size=(height, width),
                 num_classes=self.num_classes,
+                grid=self.pff,
                 image_channels=self.input_size[0],
                 mean=tuple(cfg.get("mean", (0.5,) * 3)),
                 std=tuple(cfg.get("std", (0.5,) * 3)),
                 depth=j / max(1, supervised - 1),
+                next_block=next_atom.as_module(),
+                tokens=len(self.partition.module_output_shape(j)) == 3,
                 options=self.aux_options,
             )
-            aux["independent"][f"module{j + 1}"] = self._new_aux(spec)
+            hilo = self.cascade_size > 1
+            aux["independent"][f"module{j + 1}"] = self._new_aux(replace(spec, hilo=hilo))
             if self._has_cascade_aux(j):
-                aux["cascade"][f"module{j + 1}"] = self._new_aux(spec)
+                cascade = replace(spec, hilo=hilo, cascade=True)
+                aux["cascade"][f"module{j + 1}"] = self._new_aux(cascade)
         return aux
 
     def _new_aux(self, spec: AuxSpec) -> AuxNet:
@@ -276,7 +283,7 @@ class LocalModel(nn.Module):
                 raise ValueError(f"this model takes {expected} inputs, got {tuple(x.shape[-2:])}")
 
     def _aux_gradient(
-        self, aux: AuxNet, h: Tensor, y: Tensor, x: Tensor, backward: Backward
+        self, aux: AuxNet, h: Tensor, y: Tensor, image: Tensor | None, backward: Backward
     ) -> tuple[Tensor, Tensor]:
         """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
 
@@ -284,26 +291,26 @@ class LocalModel(nn.Module):
         patch average) is back-propagated before the next patch runs: the auxiliary's
         activations, and the gradient of the patch, exist for one patch at a time. Patch
         gradients are written into one map-sized buffer (slicing a shared leaf instead would
-        allocate a full-size gradient per patch). A dense target (a label map of the input's
-        height and width, as in segmentation) is cut into the same patches as the image.
+        allocate a full-size gradient per patch). A dense target (``(B, H, W)`` label maps, as in
+        segmentation) is cut into the same n×n grid over its own height and width.
         """
         detached = h.detach().requires_grad_()
         feature = self._to_map(detached)
         n = self.pff
-        dense = _is_dense_target(y, x)
-        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image or dense else None
+        image_patches = grid_slices(*image.shape[-2:], n) if image is not None else None
+        target_patches = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
         total = torch.zeros((), device=h.device)
         grad_map = torch.zeros_like(feature) if n > 1 else None
         for rows, cols in grid_slices(*feature.shape[-2:], n):
-            image, target = None, y
+            image_patch, target = None, y
             if image_patches is not None:
                 image_rows, image_cols = next(image_patches)
-                if aux.needs_image:
-                    image = x[..., image_rows, image_cols]
-                if dense:
-                    target = y[..., image_rows, image_cols]
+                image_patch = image[..., image_rows, image_cols]
+            if target_patches is not None:
+                target_rows, target_cols = next(target_patches)
+                target = y[..., target_rows, target_cols]
             patch = feature[..., rows, cols].detach().requires_grad_()
-            loss = aux(patch, target, image) / (n * n)
+            loss = aux(patch, target, image_patch) / (n * n)
             backward(loss)
             total += loss.detach()
             patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
@@ -322,6 +329,12 @@ class _StreamedStep:
 
     def __init__(self, model: LocalModel, x: Tensor, y: Tensor, backward: Backward) -> None:
         self.model, self.x, self.y, self.backward = model, x, y, backward
+        for group in model.aux.values():
+            for aux in group.values():
+                aux.before_step()
+        first_aux = model.aux["independent"]["module1"]
+        # The reconstruction target (if any), prepared once and cut into PFF patches per aux.
+        self.image = first_aux.prepare_image(x) if first_aux.needs_image else None
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
@@ -337,13 +350,13 @@ class _StreamedStep:
             h = self._forward(j, h)
             aux = model.aux
             g_ind, loss = model._aux_gradient(
-                aux["independent"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                aux["independent"][f"module{j + 1}"], h, self.y, self.image, self.backward
             )
             self._collect(j, w_ind * g_ind)
             loss = w_ind * loss
             if model._has_cascade_aux(j):
                 g_cas, cascade_loss = model._aux_gradient(
-                    aux["cascade"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                    aux["cascade"][f"module{j + 1}"], h, self.y, self.image, self.backward
                 )
                 self._carry_back(j, w_cas * g_cas, self.k)
                 loss = loss + w_cas * cascade_loss
@@ -392,9 +405,9 @@ class _StreamedStep:
         del self.inputs[j]
 
 
-def _is_dense_target(y: Tensor, x: Tensor) -> bool:
-    """A per-pixel target: at least (B, H, W) with the input's spatial size."""
-    return y.dim() >= 3 and y.shape[-2:] == x.shape[-2:]
+def _is_dense_target(y: Tensor) -> bool:
+    """A per-pixel target, (B, H, W) label maps, rather than one class per image."""
+    return y.dim() >= 3
 
 
 def _cascade_size(hilo: int | bool | None) -> int:

@@ -64,6 +64,17 @@ class Atom:
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x)
 
+    def as_module(self) -> nn.Module | None:
+        """The atom as an ``nn.Module`` sharing the backbone's layers, if it is made of modules.
+
+        Methods that copy a block (MAN's momentum copy of the next block) need a module;
+        function atoms such as ViT's embedding have none.
+        """
+        parts = self.fn.parts if isinstance(self.fn, _Chain) else (self.fn,)
+        if not all(isinstance(part, nn.Module) for part in parts):
+            return None
+        return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+
 
 @dataclass(frozen=True)
 class AtomCost:
@@ -75,14 +86,21 @@ class AtomCost:
 
 
 class _Chain:
-    """Applies (path, module) pairs in order; the callable behind a multi-layer atom."""
+    """Applies callables in order; the function behind a multi-layer atom.
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules = tuple(modules)
+    Nested chains and atoms are flattened into one tuple of parts.
+    """
+
+    def __init__(self, parts: Sequence[Callable[[Tensor], Tensor]]) -> None:
+        flat: list[Callable[[Tensor], Tensor]] = []
+        for part in parts:
+            part = part.fn if isinstance(part, Atom) else part
+            flat += part.parts if isinstance(part, _Chain) else [part]
+        self.parts = tuple(flat)
 
     def __call__(self, x: Tensor) -> Tensor:
-        for module in self.modules:
-            x = module(x)
+        for part in self.parts:
+            x = part(x)
         return x
 
 
@@ -161,8 +179,8 @@ def _flatten_chain(
         if atoms and not any(True for _, m in pending_layers for _ in m.parameters()):
             # Parameter-free tail (Identity, activation): fold into the last atom.
             last = atoms.pop()
-            tail = _Chain([m for _, m in pending_layers])
-            atoms.append(Atom(last.name, _Chain([last, tail]), last.parameter_names))
+            chain = _Chain([last, *(m for _, m in pending_layers)])
+            atoms.append(Atom(last.name, chain, last.parameter_names))
         else:
             atoms += _group_layers(prefix, pending_layers)
     return atoms, x

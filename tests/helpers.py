@@ -25,13 +25,13 @@ def patched_loss(model, aux, h, y, x):
     """The PFF loss in one graph: the average of the auxiliary's loss over the n×n patches."""
     feature = model._to_map(h)
     n = model.pff
-    image_slices = list(grid_slices(*x.shape[-2:], n))
-    dense = y.dim() >= 3  # a label map: cut into the image's patches
+    prepared = aux.prepare_image(x)
+    image_slices = list(grid_slices(*prepared.shape[-2:], n))
+    label_slices = list(grid_slices(*y.shape[-2:], n)) if y.dim() >= 3 else None  # label maps
     total = 0
     for i, (rows, cols) in enumerate(grid_slices(*feature.shape[-2:], n)):
-        image_rows, image_cols = image_slices[i]
-        image = x[..., image_rows, image_cols] if aux.needs_image else None
-        target = y[..., image_rows, image_cols] if dense else y
+        image = prepared[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
+        target = y if label_slices is None else y[..., label_slices[i][0], label_slices[i][1]]
         total = total + aux(feature[..., rows, cols], target, image) / (n * n)
     return total
 
