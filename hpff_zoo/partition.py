@@ -442,6 +442,7 @@ def partition_backbone(
     input_size: Sequence[int],
     splits: Sequence[int | str] | None = None,
     balance: Balance = "memory",
+    trace_size: Sequence[int] | None = None,
 ) -> Partition:
     """Flatten, measure and split a backbone into ``num_modules`` contiguous modules.
 
@@ -453,8 +454,12 @@ def partition_backbone(
             first, the index or the name of its first atom (K-1 entries, increasing).
         balance: which measured cost the split balances: ``"memory"`` (bytes saved for backward,
             what bounds the peak of local training), ``"flops"`` or ``"blocks"`` (equal counts).
+        trace_size: ``(C, H, W)`` at which :func:`flatten` runs the backbone for real to find
+            and verify the atoms (default ``input_size``). Costs are always measured at
+            ``input_size`` on fake tensors; a smaller trace saves minutes on CPU for
+            size-agnostic backbones at large inputs (a ResNet-101 at 512×1024).
     """
-    atoms = flatten(backbone, input_size)
+    atoms = flatten(backbone, trace_size or input_size)
     if isinstance(num_modules, bool) or not isinstance(num_modules, int) or num_modules < 1:
         raise ValueError(f"num_modules must be a positive integer, got {num_modules!r}")
     if num_modules > len(atoms):

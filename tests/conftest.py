@@ -11,3 +11,12 @@ import hpff_zoo  # noqa: F401  (registers the models)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: under ``pytest -n 2`` on 2 cores, more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -101,12 +101,17 @@ class InfoProAux(AuxNet):
             lambdas = spec.options.get("lambdas", DEFAULT_LAMBDAS)
             self.lambda_rec, self.lambda_cls = infopro_lambdas(spec.depth, lambdas)
         self.decoder = ReconstructionDecoder(spec) if self.lambda_rec else None
-        self.classifier = (
-            ConvClassifier(spec.channels, spec.size, spec.num_classes) if self.lambda_cls else None
-        )
+        self.classifier = self.make_classifier(spec) if self.lambda_cls else None
         channels = spec.image_channels
         self.register_buffer("mean", _per_channel(spec.mean, channels), persistent=False)
         self.register_buffer("std", _per_channel(spec.std, channels), persistent=False)
+
+    def make_classifier(self, spec: AuxSpec) -> nn.Module:
+        """The classification branch (a subclass may predict per pixel instead)."""
+        return ConvClassifier(spec.channels, spec.size, spec.num_classes)
+
+    def classification_loss(self, feature: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self.classifier(feature), target)
 
     def prepare_image(self, x: Tensor) -> Tensor:
         """The de-normalised input in [0, 1], at most 64 px a side: the reconstruction target."""
@@ -121,7 +126,7 @@ class InfoProAux(AuxNet):
     def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
         loss = feature.new_zeros(())
         if self.classifier is not None:
-            loss = loss + self.lambda_cls * F.cross_entropy(self.classifier(feature), target)
+            loss = loss + self.lambda_cls * self.classification_loss(feature, target)
         if self.decoder is not None:
             if image is None:
                 raise ValueError("InfoPro needs the input image for its reconstruction loss")

@@ -37,7 +37,7 @@ HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 HPFF_DEFAULTS = dict(hilo=2, pff=2)
 LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
-    "input_size",
+    "input_size", "trace_size",
 )  # fmt: skip
 
 
