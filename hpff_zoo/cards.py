@@ -5,13 +5,14 @@ A trained card prints only figures recorded by the run that produced the weights
 else (architecture, setting, preprocessing, parameter count) is read from the model being
 exported. A card for a tag that is not trained yet says so, gives the command that trains it and
 an estimate of the compute, derived from the floating-point operations of one real training step
-counted by ``torch.utils.flop_counter.FlopCounterMode``.
+counted with torch's own FLOP formulas (``torch.utils.flop_counter``).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import platform
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from string import Template
@@ -20,7 +21,8 @@ from typing import Any
 import timm
 import torch
 from huggingface_hub import EvalResult, ModelCardData
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .local import LocalModel
 from .models.tags import DATASETS, PAPERS, Dataset, Paper, TagSpec
@@ -30,6 +32,7 @@ __all__ = [
     "ComputeEstimate",
     "RunRecord",
     "card_facts",
+    "describe_hardware",
     "estimate_compute",
     "render_card",
 ]
@@ -95,6 +98,20 @@ class RunRecord:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+def describe_hardware() -> str:
+    """What this process trains on, for :attr:`RunRecord.hardware`."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU"
+
+
 @dataclass(frozen=True)
 class ComputeEstimate:
     """Training compute of a planned run, from one measured step."""
@@ -110,6 +127,41 @@ class ComputeEstimate:
     def gpu_hours(self, tflops: float = ASSUMED_TFLOPS) -> float:
         return self.total_flops / (tflops * 1e12) / 3600
 
+    def describe(self) -> str:
+        petaflops = self.total_flops / 1e15
+        total = f"{petaflops:,.0f}" if petaflops >= 10 else f"{petaflops:.2g}"
+        hours = self.gpu_hours()
+        time = f"{hours:,.0f} GPU-hours" if hours >= 1 else f"{hours * 60:.0f} GPU-minutes"
+        time = time if hours * 60 >= 1 else "under a GPU-minute"
+        return (
+            f"one training step costs {self.flops_per_image / 1e9:.3g} GFLOP per image (forward"
+            " and backward of the backbone and the auxiliary networks, counted with torch's FLOP"
+            f" formulas on one step of this setting), so {self.epochs} epochs over "
+            f"{self.images:,} images need about {total} PFLOP: roughly {time} at an assumed "
+            f"sustained {ASSUMED_TFLOPS:.0f} TFLOP/s (an assumption, not a measurement; small "
+            "models run far below it)"
+        )
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sum of torch's FLOP formulas over every operator that runs, backward included.
+
+    ``FlopCounterMode`` counts the same way but also tracks modules with backward hooks, which
+    ``torch.autograd.grad`` (the HiLo cascade) does not support.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
 
 def estimate_compute(
     spec: TagSpec, model: LocalModel | None = None, batch_size: int = 2
@@ -118,9 +170,9 @@ def estimate_compute(
     model = (model or timm.create_model(spec.name)).train()
     x = torch.randn(batch_size, *spec.dataset.data_cfg["input_size"])
     y = torch.randint(0, spec.dataset.num_classes, (batch_size,))
-    with FlopCounterMode(display=False) as counter:
+    with _FlopCount() as counter:
         model.local_step(x, y)
-    flops = counter.get_total_flops() / batch_size
+    flops = counter.total / batch_size
     return ComputeEstimate(flops, spec.dataset.num_train, spec.epochs)
 
 
@@ -319,16 +371,7 @@ def _plan(spec: TagSpec, estimate: ComputeEstimate | None) -> str:
         f" --record runs/{spec.name}/run.json --overwrite\n```\n"
     )
     if estimate is not None:
-        text += (
-            "\nEstimated compute: one training step costs "
-            f"{estimate.flops_per_image / 1e9:.3g} GFLOP per image (forward and backward of the"
-            " backbone and the auxiliary networks, counted by torch's FlopCounterMode on one "
-            f"step of this setting), so {estimate.epochs} epochs over {estimate.images:,} images "
-            f"need about {estimate.total_flops / 1e15:.3g} PFLOP: roughly "
-            f"{math.ceil(estimate.gpu_hours())} GPU-hours at an assumed sustained "
-            f"{ASSUMED_TFLOPS:.0f} TFLOP/s (an assumption, not a measurement; small models run"
-            " far below it).\n"
-        )
+        text += f"\nEstimated compute: {estimate.describe()}.\n"
     return text
 
 
@@ -356,7 +399,7 @@ def render_card(
     dataset = facts.dataset
     sizes = ""
     if dataset:
-        sizes = f" ({dataset.num_train:,} training / {dataset.num_test:,} test images)"
+        sizes = f" ({dataset.num_train:,} training / {dataset.num_test:,} evaluation images)"
     epochs = (
         f"{record.epochs}" + (f" (batch {record.batch_size})" if record.batch_size else "")
         if record
