@@ -131,13 +131,13 @@ class ComputeEstimate:
         petaflops = self.total_flops / 1e15
         total = f"{petaflops:,.0f}" if petaflops >= 10 else f"{petaflops:.2g}"
         hours = self.gpu_hours()
-        time = f"{hours:,.0f} GPU-hours" if hours >= 1 else f"{hours * 60:.0f} GPU-minutes"
+        time = f"roughly {hours:,.0f} GPU-hours" if hours >= 1 else f"{hours * 60:.0f} GPU-minutes"
         time = time if hours * 60 >= 1 else "under a GPU-minute"
         return (
             f"one training step costs {self.flops_per_image / 1e9:.3g} GFLOP per image (forward"
             " and backward of the backbone and the auxiliary networks, counted with torch's FLOP"
             f" formulas on one step of this setting), so {self.epochs} epochs over "
-            f"{self.images:,} images need about {total} PFLOP: roughly {time} at an assumed "
+            f"{self.images:,} images need about {total} PFLOP: {time} at an assumed "
             f"sustained {ASSUMED_TFLOPS:.0f} TFLOP/s (an assumption, not a measurement; small "
             "models run far below it)"
         )

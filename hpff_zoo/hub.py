@@ -50,7 +50,7 @@ from .cards import RunRecord, card_facts, estimate_compute, render_card
 from .local import LocalModel, from_timm
 from .models import tags
 from .models.hpff import HPFF_MODELS, LOCAL_KWARGS
-from .models.pretrained import HUB_ERRORS, available_tags, shipped_dir, shipped_folder
+from .models.pretrained import HUB_ERRORS, shipped_dir, shipped_folder
 from .models.tags import TAGS, TagSpec
 
 __all__ = [
@@ -526,14 +526,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    have = set(available_tags())
     for name, spec in TAGS.items():
-        where = []
-        if name in tags.HUB_PUBLISHED:
-            where.append(f"hub:{spec.hf_hub_id}")
+        where = [f"hub:{spec.hf_hub_id}"] if name in tags.HUB_PUBLISHED else []
         if shipped_folder(name):
             where.append(f"shipped:{shipped_folder(name)}")
-        print(f"{name:<48} {spec.description:<80} {' '.join(where) if name in have else '-'}")
+        print(f"{name:<48} {spec.description:<80} {' '.join(where) or 'no weights yet'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Helpers for the Hub tests: an offline Hub, a hand-populated cache, a small exported model."""
+"""Helpers for the Hub tests: an offline Hub, a hand-populated cache, a small exported model.
+
+Test modules import the fixtures ``offline_hub_fixture`` (autouse) and ``exported_fixture``
+(requested as ``exported``).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,17 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hf-cache"))
     monkeypatch.setenv(pretrained.SHIPPED_DIR_ENV, str(root / "shipped"))
+
+
+@pytest.fixture(autouse=True)
+def offline_hub_fixture(monkeypatch, tmp_path):
+    offline_hub(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module", name="exported")
+def exported_fixture(tmp_path_factory):
+    """(trained model, exported folder) of :data:`TAG`, shared by a module's tests."""
+    return exported_e2e(tmp_path_factory.mktemp("e2e"))
 
 
 def populate_cache(cache: Path, repo_id: str, folder: Path) -> Path:

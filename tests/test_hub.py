@@ -4,6 +4,7 @@ shipped folder, the plain timm model; the auxiliary file lets local training con
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import safetensors.torch
@@ -14,26 +15,16 @@ import hpff_zoo
 from hpff_zoo import hub
 from hpff_zoo.models import TAGS, available_tags, tags
 
-from .hub_helpers import (
+from .hub_helpers import (  # noqa: F401  (the *_fixture names are fixtures)
     TAG,
-    exported_e2e,
+    exported_fixture,
     fmnist_batch,
-    offline_hub,
+    offline_hub_fixture,
     outputs,
     populate_cache,
     record,
     train_briefly,
 )
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    offline_hub(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_e2e(tmp_path_factory.mktemp("e2e"))
 
 
 def test_export_writes_a_hub_folder_in_timm_format(exported):
@@ -170,3 +161,31 @@ def test_features_only_gives_the_pretrained_backbone_feature_maps(exported):
     assert [m.shape[1] for m in maps] == features.feature_info.channels() == [16, 16, 32, 64]
     with torch.no_grad():
         assert torch.equal(maps[-1], model.backbone.forward_features(x))
+
+
+def test_push_uploads_the_exported_folder_and_nothing_pickled(exported, tmp_path, monkeypatch):
+    _, folder = exported
+    calls = []
+
+    class FakeApi:  # records what timm's push_to_hf_hub would also call
+        def __init__(self, **kwargs):
+            calls.append(("init", kwargs))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return "commit"
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    assert hub.push_folder(folder, "me/my-run", private=True) == "commit"
+    assert calls[1] == ("create_repo", "me/my-run", dict(private=True, exist_ok=True))
+    assert calls[2][1]["folder_path"] == folder and calls[2][1]["repo_id"] == "me/my-run"
+
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(folder, unsafe)
+    (unsafe / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle files"):
+        hub.push_folder(unsafe, "me/my-run")

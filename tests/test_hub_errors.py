@@ -13,17 +13,12 @@ from hpff_zoo import hub
 from hpff_zoo.cards import RunRecord
 from hpff_zoo.models import PretrainedWeightsError
 
-from .hub_helpers import TAG, exported_e2e, offline_hub, record
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    offline_hub(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return exported_e2e(tmp_path_factory.mktemp("e2e"))
+from .hub_helpers import (  # noqa: F401  (the *_fixture names are fixtures)
+    TAG,
+    exported_fixture,
+    offline_hub_fixture,
+    record,
+)
 
 
 @pytest.fixture

@@ -184,9 +184,13 @@ class TagSpec:
         return (PAPERS["hpff"], *((PAPERS[self.method],) if self.method in PAPERS else ()))
 
     def train_command(self, output_dir: str | None = None) -> str:
-        """The recipe command line that trains this tag (the recipes' flags, paper defaults)."""
+        """The recipe command line that trains this tag (the recipes' flags, paper defaults).
+
+        The model is named by its tag, so the run gets the tag's preprocessing (input size,
+        channels, mean/std) and the export's tag check passes.
+        """
         output_dir = output_dir or f"runs/{self.name}"
-        flags = [f"--model {self.arch}", f"--dataset {self.dataset.key}", f"--method {self.method}"]
+        flags = [f"--model {self.name}", f"--dataset {self.dataset.key}", f"--method {self.method}"]
         if self.method != "e2e":
             flags += [f"--num-modules {self.num_modules}", f"--hilo {int(self.hilo)}"]
             flags += [f"--pff {self.pff}"]
