@@ -321,7 +321,8 @@ def load_model(
         source: a folder written by :func:`export_model` (or a recipes output dir with a timm
             ``config.json`` and ``model.safetensors``), ``hf-hub:org/repo``, or a tag.
         with_aux: also load the auxiliary networks when the source has ``aux.safetensors`` (to
-            continue local training); fresh ones otherwise.
+            continue local training); fresh ones otherwise, and whenever ``kwargs`` change the
+            classes or the local-learning setting (the saved ones would not fit).
         allow_pickle: accept non-safetensors weight files.
         **kwargs: ``timm.create_model`` / LocalModel arguments (``num_classes=N`` for a new head;
             ``method=...`` etc. to wrap a plain timm checkpoint).
@@ -332,7 +333,8 @@ def load_model(
     else:
         extra = {"allow_pickle": True} if allow_pickle else {}
         model = timm.create_model(source, pretrained=True, **extra, **kwargs)
-    aux = _aux_path(source) if with_aux and "num_classes" not in kwargs else None
+    changed = set(kwargs) & {"num_classes", *LOCAL_KWARGS}
+    aux = _aux_path(source) if with_aux and not changed else None
     if aux is not None:
         load_aux(model, aux, allow_pickle=allow_pickle)
     return model

@@ -26,6 +26,8 @@ from .hub_helpers import (  # noqa: F401  (the *_fixture names are fixtures)
     train_briefly,
 )
 
+WEIGHTS = "model.safetensors"
+
 
 def test_export_writes_a_hub_folder_in_timm_format(exported):
     model, folder = exported
@@ -111,9 +113,6 @@ def test_any_timm_backbone_exports_to_its_plain_timm_config(tmp_path):
     assert (reloaded.method, reloaded.partition.starts) == ("dgl", model.partition.starts)
 
 
-WEIGHTS = "model.safetensors"
-
-
 def test_aux_file_restores_the_auxiliaries_and_training_continues(tmp_path):
     model = timm.create_model("hpff_resnet32.fmnist_infopro_k16", num_modules=3)
     train_briefly(model)
@@ -132,6 +131,12 @@ def test_aux_file_restores_the_auxiliaries_and_training_continues(tmp_path):
     assert resumed.train().local_step(x, y) == pytest.approx(model.train().local_step(x, y))
     history = train_briefly(resumed, steps=4)
     assert history[-1] < history[0]
+
+    # Fine-tuning in another setting: the recorded split and auxiliaries are left behind.
+    regrouped = hub.load_model(folder, num_modules=2, method="dgl")
+    assert (regrouped.num_modules, regrouped.method) == (2, "dgl")
+    weights = safetensors.torch.load_file(folder / WEIGHTS)
+    assert all(torch.equal(regrouped.backbone.state_dict()[k], v) for k, v in weights.items())
 
 
 def test_pretrained_with_new_classes_resets_head_and_auxiliaries(exported):

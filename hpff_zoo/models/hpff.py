@@ -103,6 +103,11 @@ def _create(
     settings = {**HPFF_DEFAULTS, **defaults, **(spec.model_kwargs() if spec else {})}
     for key, value in settings.items():
         kwargs.setdefault(key, value)
+    recorded = kwargs.get("pretrained_model_args") or {}
+    if kwargs["num_modules"] != recorded.get("num_modules") and kwargs.get("splits") == (
+        recorded.get("splits")
+    ):
+        kwargs.pop("splits", None)  # a checkpoint's recorded split belongs to its recorded K
     allow_pickle = kwargs.pop("allow_pickle", False)
     features = None
     if kwargs.pop("features_only", False):
