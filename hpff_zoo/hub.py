@@ -154,8 +154,8 @@ def export_model(
     model: LocalModel,
     out_dir: str | Path,
     *,
+    record: RunRecord,
     tag: str | None = None,
-    record: RunRecord | None = None,
     include_aux: bool = False,
     data_config: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -165,18 +165,17 @@ def export_model(
     Args:
         model: a trained LocalModel (any method, E2E included).
         out_dir: the folder to create; written atomically (built beside it, then renamed).
+        record: what the training run measured: the card's only source of figures.
         tag: the catalogue tag the weights are published as; the model must match its setting,
             dataset and preprocessing.
-        record: what the training run measured; without it the card gets no results section
-            and the export is refused (a card never shows unmeasured figures).
         include_aux: also write ``aux.safetensors``.
         data_config: preprocessing overrides for config.json (timm's ``data_config``).
         overwrite: replace an existing ``out_dir``.
     """
     if not isinstance(model, LocalModel):
         raise TypeError(f"export_model takes a hpff_zoo.LocalModel, got {type(model).__name__}")
-    if record is None:
-        raise ValueError("export_model needs the run's RunRecord: a card shows measured figures")
+    if not isinstance(record, RunRecord):
+        raise TypeError("export_model needs the run's RunRecord: a card shows measured figures")
     spec = None
     if tag is not None:
         if tag not in TAGS:
