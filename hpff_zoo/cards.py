@@ -278,7 +278,8 @@ import timm
 import hpff_zoo  # registers the hpff_* models with timm
 
 model = timm.create_model("$load_name", pretrained=True).eval()
-logits = model(images)  # images normalised with mean=$mean, std=$std
+# images: a batch normalised with mean=$mean, std=$std
+logits = model(images)
 # Fine-tune on N classes (fresh head and auxiliaries): num_classes=N
 # Features for detection / segmentation: features_only=True
 """
@@ -289,7 +290,11 @@ plain = timm.create_model(
     pretrained=True,
     num_classes=$num_classes,
     in_chans=$in_chans,
-    pretrained_cfg_overlay=dict($source, num_classes=$num_classes, input_size=$input_size),
+    pretrained_cfg_overlay=dict(
+        $source,
+        num_classes=$num_classes,
+        input_size=$input_size,
+    ),
 )
 """
 
@@ -407,7 +412,7 @@ def render_card(
     )
     in_chans = facts.input_size[0]
     source = (
-        f'hf_hub_id="{facts.hf_hub_id}", hf_hub_filename="model.safetensors"'
+        f'hf_hub_id="{facts.hf_hub_id}",\n        hf_hub_filename="model.safetensors"'
         if facts.hf_hub_id
         else 'file="model.safetensors"'
     )

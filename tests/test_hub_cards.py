@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,18 @@ def test_shipped_model_cards_cover_the_catalogue(name):
     if not (MODEL_CARDS / name / "model.safetensors").exists():
         assert "Not trained yet" in card and TAGS[name].train_command() in card
         assert "GFLOP per image" in card
+
+
+def test_rendered_cards_pass_the_repository_formatter(tmp_path):
+    """Cards land in model_cards/, which CI checks with `ruff format --check`."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    model = timm.create_model(TAG)
+    for hub_id in (TAGS[TAG].hf_hub_id, None):
+        facts = card_facts(model, TAG, "fashion_mnist", hub_id)
+        (tmp_path / "README.md").write_text(render_card(facts, record=record()))
+        config = MODEL_CARDS.parent / "pyproject.toml"
+        command = [ruff, "format", "--check", "--config", str(config), str(tmp_path / "README.md")]
+        check = subprocess.run(command)
+        assert check.returncode == 0
