@@ -117,6 +117,11 @@ class LocalModel(nn.Module):
         return self.partition.num_modules
 
     @property
+    def num_features(self) -> int:
+        """The backbone's pooled feature width (timm's model contract; read by timm's export)."""
+        return self.backbone.num_features
+
+    @property
     def uses_aux(self) -> bool:
         return self.method != "e2e" and self.num_modules > 1
 

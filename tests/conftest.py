@@ -7,6 +7,10 @@ import torch
 
 import hpff_zoo  # noqa: F401  (registers the models)
 
+# One intra-op thread per test process: `pytest -n 2` already fills both cores, and
+# oversubscribed OpenMP threads spin (model builds measured ~10x slower on a busy 2-core box).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
