@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -12,15 +14,16 @@ import hpff_zoo  # noqa: F401  (registers the models)
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """Import yapf (through mmengine's config) once before xdist starts its workers.
+
+    yapf writes a grammar cache on its first import; two workers writing and reading it at once
+    crash one of them with 'EOFError: Ran out of input'.
+    """
+    with contextlib.suppress(ImportError):
+        import yapf  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: under ``pytest -n 2`` on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -19,8 +19,6 @@ from hpff_zoo import MemoryMeter
 from .helpers import expected_module_gradients
 from .seg_data import tiny_batch, tiny_config, tiny_model
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _deterministic(model):
     """Double precision, training mode, dropout off: the reference recomputes every forward."""

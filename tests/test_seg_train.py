@@ -23,7 +23,6 @@ from hpff_zoo.seg.config import use_tta
 
 from .seg_data import make_cityscapes, recipe, tiny_config
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ITERS = 24
 
 

@@ -19,8 +19,6 @@ from hpff_zoo.seg.transfer import map_timm_resnet
 
 from .seg_data import recipe
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 # timm variant -> the mmseg backbone whose stem and downsampling it shares
 VARIANTS = {
     "plain": (dict(), "ResNet"),
