@@ -194,3 +194,21 @@ def test_push_uploads_the_exported_folder_and_nothing_pickled(exported, tmp_path
     (unsafe / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="pickle files"):
         hub.push_folder(unsafe, "me/my-run")
+
+
+def test_cli_exports_a_recipes_output_dir_under_its_tag(exported, tmp_path):
+    """The recipes save the plain backbone with timm's save_for_hf; export wraps it in the tag."""
+    model, _ = exported
+    run = tmp_path / "run"
+    data = dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,))
+    timm.models.save_for_hf(model.backbone, run, safe_serialization=True, data_config=data)
+    record().save(run / "run.json")
+    assert hub.main(["export", str(run), str(tmp_path / "out"), "--tag", TAG]) == 0
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["architecture"], config["pretrained_cfg"]["tag"]) == (
+        "hpff_resnet32",
+        "fmnist_e2e",
+    )
+    x, _ = fmnist_batch()
+    assert torch.equal(outputs(hub.load_model(tmp_path / "out"), x), outputs(model, x))
