@@ -143,11 +143,11 @@ def test_pretrained_with_new_classes_resets_head_and_auxiliaries(exported):
     model, folder = exported
     overlay = dict(file=str(folder / WEIGHTS))
     tuned = timm.create_model(
-        TAG, pretrained=True, num_classes=5, method="infopro", num_modules=2,
+        TAG, pretrained=True, num_classes=5, method="dgl", num_modules=2,
         pretrained_cfg_overlay=overlay,
     )  # fmt: skip
     assert tuned.backbone.fc.out_features == 5
-    assert tuned.aux["independent"]["module1"].classifier[-1].out_features == 5
+    assert tuned.aux["independent"]["module1"].classifier.out_features == 5
     for key, value in model.backbone.state_dict().items():
         if not key.startswith("fc."):
             assert torch.equal(tuned.backbone.state_dict()[key], value), key

@@ -69,12 +69,13 @@ def test_checkpoint_of_another_architecture(copy):
 
 def test_aux_of_another_setting_or_class_count(tmp_path):
     name = "hpff_resnet32.fmnist_infopro_k16"
-    model = timm.create_model(name, num_modules=2)
+    # K=3: module 2's InfoPro aux has a classifier (module 1's starts at λ_cls = 0 and has none).
+    model = timm.create_model(name, num_modules=3)
     folder = hub.export_model(model, tmp_path / "aux", record=record(), include_aux=True)
-    other_classes = timm.create_model(name, num_modules=2, num_classes=3)
+    other_classes = timm.create_model(name, num_modules=3, num_classes=3)
     with pytest.raises(ValueError, match="trained for another number of classes"):
         hub.load_aux(other_classes, folder / "aux.safetensors")
-    other_method = timm.create_model(name, num_modules=2, method="dgl")
+    other_method = timm.create_model(name, num_modules=3, method="dgl")
     with pytest.raises(ValueError, match="another setting"):
         hub.load_aux(other_method, folder / "aux.safetensors")
 
