@@ -15,6 +15,7 @@ from .aux import AUX_METHODS, AuxNet, AuxSpec, register_aux
 from .local import METHODS, LocalModel, from_timm
 from .memory import MemoryMeter, MemoryReport
 from .partition import Partition, partition_backbone, register_flattener
+from .planner import Plan, plan
 
 __version__ = "0.1.0"
 
@@ -27,8 +28,10 @@ __all__ = [
     "MemoryMeter",
     "MemoryReport",
     "Partition",
+    "Plan",
     "from_timm",
     "partition_backbone",
+    "plan",
     "register_aux",
     "register_flattener",
 ]

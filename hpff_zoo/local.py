@@ -26,6 +26,7 @@ the independent auxiliary's own training to a crawl).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -69,6 +70,8 @@ class LocalModel(nn.Module):
         aux_options: method-specific options passed to every auxiliary (see ``hpff_zoo.aux``).
         input_size: ``(C, H, W)`` the partition costs are measured at; defaults to the
             backbone's ``pretrained_cfg``.
+        trace_size: ``(C, H, W)`` the partitioner runs the backbone at to find its atoms
+            (default ``input_size``; see :func:`hpff_zoo.partition.partition_backbone`).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class LocalModel(nn.Module):
         hilo_weights: tuple[float, float] = OFFICIAL_HILO_WEIGHTS,
         aux_options: dict[str, Any] | None = None,
         input_size: Sequence[int] | None = None,
+        trace_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -96,7 +100,12 @@ class LocalModel(nn.Module):
         self.num_classes = backbone.num_classes
         self.input_size = tuple(input_size or _default_input_size(backbone))
         self.partition: Partition = partition_backbone(
-            backbone, num_modules, self.input_size, splits=splits, balance=balance
+            backbone,
+            num_modules,
+            self.input_size,
+            splits=splits,
+            balance=balance,
+            trace_size=trace_size,
         )
         self._parameter_groups = self._group_parameters()
         self.aux = self._build_aux()
@@ -106,6 +115,11 @@ class LocalModel(nn.Module):
     @property
     def num_modules(self) -> int:
         return self.partition.num_modules
+
+    @property
+    def num_features(self) -> int:
+        """The backbone's pooled feature width (timm's model contract; read by timm's export)."""
+        return self.backbone.num_features
 
     @property
     def uses_aux(self) -> bool:
@@ -146,6 +160,7 @@ class LocalModel(nn.Module):
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
         for j in range(supervised):
             channels, height, width = self._feature_map_size(j)
+            next_atom = self.partition.module_atoms(j + 1)[0]
             if self.pff > min(height, width):
                 raise ValueError(
                     f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
@@ -153,18 +168,27 @@ class LocalModel(nn.Module):
                 )
             spec = AuxSpec(
                 channels=channels,
-                size=(height // self.pff, width // self.pff),
+                size=(height, width),
                 num_classes=self.num_classes,
+                grid=self.pff,
                 image_channels=self.input_size[0],
                 mean=tuple(cfg.get("mean", (0.5,) * 3)),
                 std=tuple(cfg.get("std", (0.5,) * 3)),
                 depth=j / max(1, supervised - 1),
+                next_block=next_atom.as_module(),
+                tokens=len(self.partition.module_output_shape(j)) == 3,
                 options=self.aux_options,
             )
-            aux["independent"][f"module{j + 1}"] = build_aux(self.method, spec)
+            hilo = self.cascade_size > 1
+            aux["independent"][f"module{j + 1}"] = self._new_aux(replace(spec, hilo=hilo))
             if self._has_cascade_aux(j):
-                aux["cascade"][f"module{j + 1}"] = build_aux(self.method, spec)
+                cascade = replace(spec, hilo=hilo, cascade=True)
+                aux["cascade"][f"module{j + 1}"] = self._new_aux(cascade)
         return aux
+
+    def _new_aux(self, spec: AuxSpec) -> AuxNet:
+        """One auxiliary network of this model's method (a subclass may build other kinds)."""
+        return build_aux(self.method, spec)
 
     def _has_cascade_aux(self, index: int) -> bool:
         """A cascade aux closes the window of k modules ending at ``index`` (not the last)."""
@@ -202,6 +226,14 @@ class LocalModel(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def head_loss(self, features: Tensor, y: Tensor) -> Tensor:
+        """Loss of the backbone's head on the last module's output: cross-entropy of its logits.
+
+        The streamed schedule calls this once per step; a subclass with another kind of head (a
+        segmentation decoder) overrides it.
+        """
+        return F.cross_entropy(self.backbone.forward_head(features), y)
 
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()
@@ -256,7 +288,7 @@ class LocalModel(nn.Module):
                 raise ValueError(f"this model takes {expected} inputs, got {tuple(x.shape[-2:])}")
 
     def _aux_gradient(
-        self, aux: AuxNet, h: Tensor, y: Tensor, x: Tensor, backward: Backward
+        self, aux: AuxNet, h: Tensor, y: Tensor, image: Tensor | None, backward: Backward
     ) -> tuple[Tensor, Tensor]:
         """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
 
@@ -264,21 +296,26 @@ class LocalModel(nn.Module):
         patch average) is back-propagated before the next patch runs: the auxiliary's
         activations, and the gradient of the patch, exist for one patch at a time. Patch
         gradients are written into one map-sized buffer (slicing a shared leaf instead would
-        allocate a full-size gradient per patch).
+        allocate a full-size gradient per patch). A dense target (``(B, H, W)`` label maps, as in
+        segmentation) is cut into the same n×n grid over its own height and width.
         """
         detached = h.detach().requires_grad_()
         feature = self._to_map(detached)
         n = self.pff
-        image_patches = grid_slices(*x.shape[-2:], n) if aux.needs_image else None
+        image_patches = grid_slices(*image.shape[-2:], n) if image is not None else None
+        target_patches = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
         total = torch.zeros((), device=h.device)
         grad_map = torch.zeros_like(feature) if n > 1 else None
         for rows, cols in grid_slices(*feature.shape[-2:], n):
-            image = None
+            image_patch, target = None, y
             if image_patches is not None:
                 image_rows, image_cols = next(image_patches)
-                image = x[..., image_rows, image_cols]
+                image_patch = image[..., image_rows, image_cols]
+            if target_patches is not None:
+                target_rows, target_cols = next(target_patches)
+                target = y[..., target_rows, target_cols]
             patch = feature[..., rows, cols].detach().requires_grad_()
-            loss = aux(patch, y, image) / (n * n)
+            loss = aux(patch, target, image_patch) / (n * n)
             backward(loss)
             total += loss.detach()
             patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
@@ -297,6 +334,12 @@ class _StreamedStep:
 
     def __init__(self, model: LocalModel, x: Tensor, y: Tensor, backward: Backward) -> None:
         self.model, self.x, self.y, self.backward = model, x, y, backward
+        for group in model.aux.values():
+            for aux in group.values():
+                aux.before_step()
+        first_aux = model.aux["independent"]["module1"]
+        # The reconstruction target (if any), prepared once and cut into PFF patches per aux.
+        self.image = first_aux.prepare_image(x) if first_aux.needs_image else None
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
@@ -312,13 +355,13 @@ class _StreamedStep:
             h = self._forward(j, h)
             aux = model.aux
             g_ind, loss = model._aux_gradient(
-                aux["independent"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                aux["independent"][f"module{j + 1}"], h, self.y, self.image, self.backward
             )
             self._collect(j, w_ind * g_ind)
             loss = w_ind * loss
             if model._has_cascade_aux(j):
                 g_cas, cascade_loss = model._aux_gradient(
-                    aux["cascade"][f"module{j + 1}"], h, self.y, self.x, self.backward
+                    aux["cascade"][f"module{j + 1}"], h, self.y, self.image, self.backward
                 )
                 self._carry_back(j, w_cas * g_cas, self.k)
                 loss = loss + w_cas * cascade_loss
@@ -347,10 +390,9 @@ class _StreamedStep:
             self._collect(m - 1, grad)
 
     def _head(self, last: int, previous: Tensor) -> Tensor:
-        """Last module + the backbone's head with cross-entropy, straight through ``backward``."""
+        """Last module + the model's head loss, straight through ``backward``."""
         u = previous.detach().requires_grad_(self.k > 1 and last > 0)
-        logits = self.model.backbone.forward_head(self.model._run_module(last, u))
-        loss = F.cross_entropy(logits, self.y)
+        loss = self.model.head_loss(self.model._run_module(last, u), self.y)
         self.backward(loss)
         if u.grad is not None:  # HiLo: the head's loss is the last window's cascade loss
             _, w_cas = self.model.hilo_weights
@@ -366,6 +408,11 @@ class _StreamedStep:
         if params and h.requires_grad:
             torch.autograd.backward(h, grad, inputs=params)
         del self.inputs[j]
+
+
+def _is_dense_target(y: Tensor) -> bool:
+    """A per-pixel target, (B, H, W) label maps, rather than one class per image."""
+    return y.dim() >= 3
 
 
 def _cascade_size(hilo: int | bool | None) -> int:
@@ -412,7 +459,7 @@ def from_timm(
             ``aux_options``, ``input_size``); everything else goes to ``timm.create_model``
             (``pretrained``, ``num_classes``, ``in_chans``, ...).
     """
-    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size"}
+    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size"}
     local_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
     if isinstance(model_or_name, str):
         import timm

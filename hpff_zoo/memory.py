@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["MemoryMeter", "MemoryReport"]
+__all__ = ["MemoryMeter", "MemoryReport", "step_peak_bytes"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,16 @@ class MemoryMeter:
             self._tracker.__exit__(*exc)
             self.report = MemoryReport(self._tracker.peak, self._tracker.current, "cpu")
             self._tracker = None
+
+
+def step_peak_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Peak extra bytes of one steady-state ``model.local_step(x, y)``.
+
+    A first, unmeasured step allocates the ``.grad`` buffers, as any step after the first of a
+    training run finds them; the measured step then sees activations and temporaries only.
+    """
+    model.train()
+    model.local_step(x, y)
+    with MemoryMeter(x.device) as meter:
+        model.local_step(x, y)
+    return meter.report.peak_bytes

@@ -64,6 +64,17 @@ class Atom:
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x)
 
+    def as_module(self) -> nn.Module | None:
+        """The atom as an ``nn.Module`` sharing the backbone's layers, if it is made of modules.
+
+        Methods that copy a block (MAN's momentum copy of the next block) need a module;
+        function atoms such as ViT's embedding have none.
+        """
+        parts = self.fn.parts if isinstance(self.fn, _Chain) else (self.fn,)
+        if not all(isinstance(part, nn.Module) for part in parts):
+            return None
+        return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+
 
 @dataclass(frozen=True)
 class AtomCost:
@@ -75,14 +86,21 @@ class AtomCost:
 
 
 class _Chain:
-    """Applies (path, module) pairs in order; the callable behind a multi-layer atom."""
+    """Applies callables in order; the function behind a multi-layer atom.
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules = tuple(modules)
+    Nested chains and atoms are flattened into one tuple of parts.
+    """
+
+    def __init__(self, parts: Sequence[Callable[[Tensor], Tensor]]) -> None:
+        flat: list[Callable[[Tensor], Tensor]] = []
+        for part in parts:
+            part = part.fn if isinstance(part, Atom) else part
+            flat += part.parts if isinstance(part, _Chain) else [part]
+        self.parts = tuple(flat)
 
     def __call__(self, x: Tensor) -> Tensor:
-        for module in self.modules:
-            x = module(x)
+        for part in self.parts:
+            x = part(x)
         return x
 
 
@@ -161,8 +179,8 @@ def _flatten_chain(
         if atoms and not any(True for _, m in pending_layers for _ in m.parameters()):
             # Parameter-free tail (Identity, activation): fold into the last atom.
             last = atoms.pop()
-            tail = _Chain([m for _, m in pending_layers])
-            atoms.append(Atom(last.name, _Chain([last, tail]), last.parameter_names))
+            chain = _Chain([last, *(m for _, m in pending_layers)])
+            atoms.append(Atom(last.name, chain, last.parameter_names))
         else:
             atoms += _group_layers(prefix, pending_layers)
     return atoms, x
@@ -424,6 +442,7 @@ def partition_backbone(
     input_size: Sequence[int],
     splits: Sequence[int | str] | None = None,
     balance: Balance = "memory",
+    trace_size: Sequence[int] | None = None,
 ) -> Partition:
     """Flatten, measure and split a backbone into ``num_modules`` contiguous modules.
 
@@ -435,8 +454,12 @@ def partition_backbone(
             first, the index or the name of its first atom (K-1 entries, increasing).
         balance: which measured cost the split balances: ``"memory"`` (bytes saved for backward,
             what bounds the peak of local training), ``"flops"`` or ``"blocks"`` (equal counts).
+        trace_size: ``(C, H, W)`` at which :func:`flatten` runs the backbone for real to find
+            and verify the atoms (default ``input_size``). Costs are always measured at
+            ``input_size`` on fake tensors; a smaller trace saves minutes on CPU for
+            size-agnostic backbones at large inputs (a ResNet-101 at 512×1024).
     """
-    atoms = flatten(backbone, input_size)
+    atoms = flatten(backbone, trace_size or input_size)
     if isinstance(num_modules, bool) or not isinstance(num_modules, int) or num_modules < 1:
         raise ValueError(f"num_modules must be a positive integer, got {num_modules!r}")
     if num_modules > len(atoms):

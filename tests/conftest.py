@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import hpff_zoo  # noqa: F401  (registers the models)
+
+# One intra-op thread per test process: `pytest -n 2` already fills both cores, and
+# oversubscribed OpenMP threads spin (model builds measured ~10x slower on a busy 2-core box).
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    """Import yapf (through mmengine's config) once before xdist starts its workers.
+
+    yapf writes a grammar cache on its first import; two workers writing and reading it at once
+    crash one of them with 'EOFError: Ran out of input'.
+    """
+    with contextlib.suppress(ImportError):
+        import yapf  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

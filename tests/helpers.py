@@ -10,7 +10,6 @@ of that window and no further.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from hpff_zoo.patches import grid_slices
 
@@ -26,18 +25,21 @@ def patched_loss(model, aux, h, y, x):
     """The PFF loss in one graph: the average of the auxiliary's loss over the n×n patches."""
     feature = model._to_map(h)
     n = model.pff
-    image_slices = list(grid_slices(*x.shape[-2:], n))
+    prepared = aux.prepare_image(x)
+    image_slices = list(grid_slices(*prepared.shape[-2:], n))
+    label_slices = list(grid_slices(*y.shape[-2:], n)) if y.dim() >= 3 else None  # label maps
     total = 0
     for i, (rows, cols) in enumerate(grid_slices(*feature.shape[-2:], n)):
-        image = x[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
-        total = total + aux(feature[..., rows, cols], y, image) / (n * n)
+        image = prepared[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
+        target = y if label_slices is None else y[..., label_slices[i][0], label_slices[i][1]]
+        total = total + aux(feature[..., rows, cols], target, image) / (n * n)
     return total
 
 
 def _cascade_loss(model, end, h, y, x):
     """The loss closing the window that ends at module ``end`` (None if no window ends there)."""
     if end == model.num_modules - 1:
-        return F.cross_entropy(model.backbone.forward_head(h), y)
+        return model.head_loss(h, y)
     if model._has_cascade_aux(end):
         return patched_loss(model, model.aux["cascade"][f"module{end + 1}"], h, y, x)
     return None
@@ -57,7 +59,7 @@ def expected_module_gradients(model, x, y):
         params = list(model.module_parameters(j))
         h = model._run_module(j, inputs[j].detach())
         if j == num - 1:
-            loss = F.cross_entropy(model.backbone.forward_head(h), y)
+            loss = model.head_loss(h, y)
         else:
             aux = model.aux["independent"][f"module{j + 1}"]
             loss = w_ind * patched_loss(model, aux, h, y, x)

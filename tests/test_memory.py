@@ -6,16 +6,9 @@ import timm
 import torch
 
 from hpff_zoo import MemoryMeter
+from hpff_zoo.memory import step_peak_bytes
 
 from .helpers import batch
-
-
-def _peak_bytes(model, x, y) -> int:
-    model.train()
-    model.local_step(x, y)  # first step allocates the .grad buffers; measure a steady step
-    with MemoryMeter() as meter:
-        model.local_step(x, y)
-    return meter.report.peak_bytes
 
 
 def test_meter_counts_live_tensors_and_their_release():
@@ -41,9 +34,9 @@ def test_meter_ignores_tensors_that_existed_before():
 
 def test_resnet110_k55_local_step_needs_a_fraction_of_e2e_memory():
     x, y = batch(32)
-    e2e = _peak_bytes(timm.create_model("hpff_resnet110", method="e2e"), x, y)
-    hpff = _peak_bytes(timm.create_model("hpff_resnet110"), x, y)
-    plain = _peak_bytes(timm.create_model("hpff_resnet110", hilo=False, pff=1), x, y)
+    e2e = step_peak_bytes(timm.create_model("hpff_resnet110", method="e2e"), x, y)
+    hpff = step_peak_bytes(timm.create_model("hpff_resnet110"), x, y)
+    plain = step_peak_bytes(timm.create_model("hpff_resnet110", hilo=False, pff=1), x, y)
     print(
         f"\nResNet-110 K=55 bs32 peak: E2E {e2e / 2**20:.1f} MiB, InfoPro {plain / 2**20:.1f} "
         f"MiB ({plain / e2e:.3f}), InfoPro+HPFF {hpff / 2**20:.1f} MiB ({hpff / e2e:.3f})"
@@ -55,11 +48,11 @@ def test_resnet110_k55_local_step_needs_a_fraction_of_e2e_memory():
 def test_pff_lowers_the_peak_of_resnet32_k16_infopro():
     x, y = batch(32)
     peaks = {
-        (hilo, pff): _peak_bytes(timm.create_model("hpff_resnet32", hilo=hilo, pff=pff), x, y)
+        (hilo, pff): step_peak_bytes(timm.create_model("hpff_resnet32", hilo=hilo, pff=pff), x, y)
         for hilo in (False, 2)
         for pff in (1, 2)
     }
-    e2e = _peak_bytes(timm.create_model("hpff_resnet32", method="e2e"), x, y)
+    e2e = step_peak_bytes(timm.create_model("hpff_resnet32", method="e2e"), x, y)
     print("\nResNet-32 K=16 bs32 peak / E2E:", {k: round(v / e2e, 3) for k, v in peaks.items()})
     assert peaks[(2, 2)] < peaks[(2, 1)]  # InfoPro+HPFF below InfoPro+HiLo without PFF
     assert peaks[(False, 2)] < peaks[(False, 1)]  # and PFF alone below plain InfoPro

@@ -38,7 +38,7 @@ class PredSimAux(AuxNet):
         super().__init__()
         self.beta = spec.options.get("beta", DEFAULT_BETA)
         self.num_classes = spec.num_classes
-        h, w = spec.size
+        h, w = spec.patch_size
         # Pool by the smallest factor that brings C·h·w down to the 4096-input budget.
         factor = math.ceil(math.sqrt(spec.channels * h * w / MAX_PREDICTION_INPUTS))
         self.pool_size = (max(1, h // max(1, factor)), max(1, w // max(1, factor)))

@@ -3,5 +3,17 @@
 from . import cifar_resnet, hpff  # noqa: F401  (registration side effects)
 from .cifar_resnet import CifarResNet
 from .hpff import HPFF_MODELS
+from .pretrained import PretrainedWeightsError, available_tags, shipped_dir, shipped_folder
+from .tags import HUB_ORG, TAGS, TagSpec
 
-__all__ = ["HPFF_MODELS", "CifarResNet"]
+__all__ = [
+    "HPFF_MODELS",
+    "HUB_ORG",
+    "TAGS",
+    "CifarResNet",
+    "PretrainedWeightsError",
+    "TagSpec",
+    "available_tags",
+    "shipped_dir",
+    "shipped_folder",
+]

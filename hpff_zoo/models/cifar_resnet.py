@@ -141,7 +141,9 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return build_model_with_cfg(CifarResNet, variant, pretrained, **kwargs)
+    # Four feature levels (stem + three stages), not the five timm assumes for ResNets.
+    feature_cfg = dict(out_indices=(0, 1, 2, 3))
+    return build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model

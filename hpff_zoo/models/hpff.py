@@ -1,28 +1,33 @@
 """The ``hpff_*`` timm entry points: the paper's backbones wrapped in :class:`LocalModel`.
 
 Each entry point builds the plain timm backbone and wraps it, through timm's
-``build_model_with_cfg`` so that pretrained cfgs, overlays and (once published) weights resolve
-the timm way. Defaults follow the paper: K and the local method per backbone, HiLo with cascade
-size 2, PFF with a 2×2 grid. Every default is a keyword argument of ``timm.create_model``::
+``build_model_with_cfg``, so pretrained cfgs, overlays, ``features_only`` and pretrained weights
+resolve the timm way. Defaults follow the paper: K and the local method per backbone, HiLo with
+cascade size 2, PFF with a 2×2 grid; a pretrained tag (see :mod:`hpff_zoo.models.tags`) brings
+the setting it was trained with instead. Every default is a keyword argument::
 
     timm.create_model("hpff_resnet32", num_classes=10, method="dgl", num_modules=8, pff=1)
+    timm.create_model("hpff_resnet32.fmnist_infopro_k16_hpff", pretrained=True, num_classes=5)
+    timm.create_model("hpff_resnet101", features_only=True)  # the plain backbone's feature maps
+
+The tag's preprocessing (input size, mean/std, which the InfoPro decoders also use) becomes the
+backbone's own ``pretrained_cfg``, so ``model.backbone`` exports as a self-describing timm model.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import timm
-from timm.models import (
-    build_model_with_cfg,
-    generate_default_cfgs,
-    get_pretrained_cfg,
-    register_model,
-)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
 from ..local import LocalModel
+from .pretrained import filter_checkpoint, load_with_fallback
+from .tags import TAGS
 
-__all__ = ["HPFF_MODELS"]
+__all__ = ["HPFF_MODELS", "LOCAL_KWARGS", "backbone_cfg"]
 
 # hpff name -> (plain timm model, paper defaults)
 HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -37,36 +42,84 @@ HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 HPFF_DEFAULTS = dict(hilo=2, pff=2)
 LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
-    "input_size",
+    "input_size", "trace_size",
 )  # fmt: skip
+FEATURE_KWARGS = ("out_indices", "feature_cls")
+_SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
+
+default_cfgs = generate_default_cfgs({name: spec.pretrained_cfg() for name, spec in TAGS.items()})
 
 
-def _hpff_cfg(base: str) -> dict[str, Any]:
-    """The base model's cfg without its weights' location, with head names under ``backbone.``."""
-    cfg = get_pretrained_cfg(base).to_dict()
-    for key in ("url", "hf_hub_id", "hf_hub_filename", "file", "state_dict", "tag"):
-        cfg.pop(key, None)
+def backbone_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An hpff_* pretrained cfg as its backbone's: no weights source, head names unprefixed."""
+    out = {k: v for k, v in cfg.items() if k not in (*_SOURCE_FIELDS, "architecture")}
     for key in ("classifier", "first_conv"):
-        if cfg.get(key):
-            cfg[key] = f"backbone.{cfg[key]}"
-    return cfg
+        if isinstance(cfg.get(key), str):
+            out[key] = cfg[key].removeprefix("backbone.")
+    return out
 
 
-default_cfgs = generate_default_cfgs(
-    {f"{name}.untrained": _hpff_cfg(base) for name, (base, _) in HPFF_MODELS.items()}
-)
-
-
-def _wrap(base: str, **kwargs: Any) -> LocalModel:
+def _wrap(base: str, cfg: dict[str, Any], **kwargs: Any) -> LocalModel:
     local = {k: kwargs.pop(k) for k in LOCAL_KWARGS if k in kwargs}
-    return LocalModel(timm.create_model(base, **kwargs), **local)
+    return LocalModel(timm.create_model(base, pretrained_cfg=cfg, **kwargs), **local)
 
 
-def _create(name: str, pretrained: bool, **kwargs: Any) -> LocalModel:
+def _build(name: str, cfg: dict[str, Any], pretrained: bool, **kwargs: Any) -> LocalModel:
+    base, _ = HPFF_MODELS[name]
+    return build_model_with_cfg(
+        partial(_wrap, base, backbone_cfg(cfg)),
+        name,
+        pretrained,
+        pretrained_cfg=cfg,
+        pretrained_filter_fn=filter_checkpoint,
+        **kwargs,
+    )
+
+
+def _features(base: str, cfg: dict[str, Any], state_dict, options: dict, kwargs: dict):
+    """The plain backbone as a timm feature extractor (with ``state_dict`` loaded, if given)."""
+    plain = {k: v for k, v in kwargs.items() if k not in (*LOCAL_KWARGS, "pretrained_model_args")}
+    source = backbone_cfg(cfg) | ({} if state_dict is None else {"state_dict": state_dict})
+    return timm.create_model(
+        base,
+        pretrained=state_dict is not None,
+        pretrained_cfg=source,
+        features_only=True,
+        **options,
+        **plain,
+    )
+
+
+def _create(
+    name: str,
+    pretrained: bool,
+    pretrained_cfg: Any = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
+    spec = TAGS.get(f"{name}.{cfg.get('tag')}")
     base, defaults = HPFF_MODELS[name]
-    for key, value in {**HPFF_DEFAULTS, **defaults}.items():
+    settings = {**HPFF_DEFAULTS, **defaults, **(spec.model_kwargs() if spec else {})}
+    for key, value in settings.items():
         kwargs.setdefault(key, value)
-    return build_model_with_cfg(lambda **kw: _wrap(base, **kw), name, pretrained, **kwargs)
+    recorded = kwargs.get("pretrained_model_args") or {}
+    if kwargs["num_modules"] != recorded.get("num_modules") and kwargs.get("splits") == (
+        recorded.get("splits")
+    ):
+        kwargs.pop("splits", None)  # a checkpoint's recorded split belongs to its recorded K
+    allow_pickle = kwargs.pop("allow_pickle", False)
+    features = None
+    if kwargs.pop("features_only", False):
+        features = {k: kwargs.pop(k) for k in FEATURE_KWARGS if k in kwargs}
+    if not pretrained:
+        if features is not None:
+            return _features(base, cfg, None, features, kwargs)
+        return _build(name, cfg, False, **kwargs)
+    model = load_with_fallback(lambda c: _build(name, c, True, **kwargs), cfg, allow_pickle)
+    if features is not None:
+        return _features(base, model.pretrained_cfg, model.backbone.state_dict(), features, kwargs)
+    return model
 
 
 def _entry_point(name: str):
@@ -77,7 +130,7 @@ def _entry_point(name: str):
     create.__name__ = create.__qualname__ = name
     create.__doc__ = (
         f"{base} trained with local learning: {defaults['method']}, K={defaults['num_modules']},"
-        " HiLo k=2, PFF n=2 by default."
+        " HiLo k=2, PFF n=2 by default (a pretrained tag brings its own setting)."
     )
     create.__module__ = __name__
     return register_model(create)

@@ -1,0 +1,451 @@
+"""Model cards: a template filled from the model itself and from what its training run measured.
+
+A trained card prints only figures recorded by the run that produced the weights
+(:class:`RunRecord`: accuracy, peak memory, hardware, wall time, the exact command); everything
+else (architecture, setting, preprocessing, parameter count) is read from the model being
+exported. A card for a tag that is not trained yet says so, gives the command that trains it and
+an estimate of the compute, derived from the floating-point operations of one real training step
+counted with torch's own FLOP formulas (``torch.utils.flop_counter``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import timm
+import torch
+from huggingface_hub import EvalResult, ModelCardData
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from .local import LocalModel
+from .models.tags import DATASETS, PAPERS, Dataset, Paper, TagSpec
+
+__all__ = [
+    "CardFacts",
+    "ComputeEstimate",
+    "RunRecord",
+    "card_facts",
+    "describe_hardware",
+    "estimate_compute",
+    "render_card",
+]
+
+ASSUMED_TFLOPS = 50.0  # sustained throughput the GPU-hour estimate assumes (stated in the card)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one training run measured; the only source of figures in a trained card.
+
+    Attributes:
+        dataset: dataset key (``fashion_mnist``), tag prefix (``fmnist``) or a free name.
+        epochs: epochs trained.
+        top1, top5: accuracy in percent on ``eval_split``.
+        command: the exact command line that trained the run.
+        hardware: what it ran on (e.g. ``"2-core x86-64 CPU, no GPU"``).
+        eval_split, num_eval: the split and number of images the accuracy is measured on.
+        batch_size: training batch size.
+        wall_time_s: training wall time.
+        peak_memory_bytes: peak training memory of one step (``hpff_zoo.MemoryMeter``).
+        e2e_peak_memory_bytes: the same measurement for E2E training at the same batch size.
+        notes: anything a reader should know (deviations from the paper's schedule, ...).
+    """
+
+    dataset: str
+    epochs: int
+    top1: float
+    command: str
+    hardware: str
+    top5: float | None = None
+    eval_split: str = "test"
+    num_eval: int | None = None
+    batch_size: int | None = None
+    wall_time_s: float | None = None
+    peak_memory_bytes: int | None = None
+    e2e_peak_memory_bytes: int | None = None
+    notes: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        unknown, missing = set(data) - names, required - set(data)
+        if unknown or missing:
+            raise ValueError(
+                "invalid run record: "
+                + (f"unknown fields {sorted(unknown)}; " if unknown else "")
+                + (f"missing fields {sorted(missing)}; " if missing else "")
+                + f"fields are {sorted(names)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunRecord:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the run record {path}: {err}") from err
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def describe_hardware() -> str:
+    """What this process trains on, for :attr:`RunRecord.hardware`."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU"
+
+
+@dataclass(frozen=True)
+class ComputeEstimate:
+    """Training compute of a planned run, from one measured step."""
+
+    flops_per_image: float
+    images: int
+    epochs: int
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops_per_image * self.images * self.epochs
+
+    def gpu_hours(self, tflops: float = ASSUMED_TFLOPS) -> float:
+        return self.total_flops / (tflops * 1e12) / 3600
+
+    def describe(self) -> str:
+        petaflops = self.total_flops / 1e15
+        total = f"{petaflops:,.0f}" if petaflops >= 10 else f"{petaflops:.2g}"
+        hours = self.gpu_hours()
+        time = f"roughly {hours:,.0f} GPU-hours" if hours >= 1 else f"{hours * 60:.0f} GPU-minutes"
+        time = time if hours * 60 >= 1 else "under a GPU-minute"
+        return (
+            f"one training step costs {self.flops_per_image / 1e9:.3g} GFLOP per image (forward"
+            " and backward of the backbone and the auxiliary networks, counted with torch's FLOP"
+            f" formulas on one step of this setting), so {self.epochs} epochs over "
+            f"{self.images:,} images need about {total} PFLOP: {time} at an assumed "
+            f"sustained {ASSUMED_TFLOPS:.0f} TFLOP/s (an assumption, not a measurement; small "
+            "models run far below it)"
+        )
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sum of torch's FLOP formulas over every operator that runs, backward included.
+
+    ``FlopCounterMode`` counts the same way but also tracks modules with backward hooks, which
+    ``torch.autograd.grad`` (the HiLo cascade) does not support.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def estimate_compute(
+    spec: TagSpec, model: LocalModel | None = None, batch_size: int = 2
+) -> ComputeEstimate:
+    """Count the FLOPs of one real local step of ``spec``'s model on random data."""
+    model = (model or timm.create_model(spec.name)).train()
+    x = torch.randn(batch_size, *spec.dataset.data_cfg["input_size"])
+    y = torch.randint(0, spec.dataset.num_classes, (batch_size,))
+    with _FlopCount() as counter:
+        model.local_step(x, y)
+    flops = counter.total / batch_size
+    return ComputeEstimate(flops, spec.dataset.num_train, spec.epochs)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a card says about the model, read from the model itself."""
+
+    name: str
+    arch: str
+    base: str
+    dataset: Dataset | None
+    dataset_name: str
+    method: str
+    num_modules: int
+    cascade_size: int
+    pff: int
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    num_params: int
+    hf_hub_id: str | None
+
+    @property
+    def papers(self) -> tuple[Paper, ...]:
+        return (PAPERS["hpff"], *((PAPERS[self.method],) if self.method in PAPERS else ()))
+
+    @property
+    def setting(self) -> str:
+        if self.method == "e2e":
+            return "end-to-end backpropagation (the baseline)"
+        hilo = f"HiLo cascade size {self.cascade_size}" if self.cascade_size > 1 else "no HiLo"
+        pff = f"PFF {self.pff}×{self.pff} patches" if self.pff > 1 else "no PFF"
+        method = {"infopro": "InfoPro", "dgl": "DGL", "predsim": "PredSim"}.get(self.method)
+        modules = f"K={self.num_modules} gradient-isolated modules"
+        return f"{method or self.method}, {modules}, {hilo}, {pff}"
+
+
+def find_dataset(name: str) -> Dataset | None:
+    """The catalogue dataset called ``name`` (key, tag prefix or title), if any."""
+    for dataset in DATASETS.values():
+        if name.lower() in (dataset.key, dataset.short, dataset.title.lower()):
+            return dataset
+    return None
+
+
+def card_facts(model: LocalModel, name: str, dataset: str, hf_hub_id: str | None) -> CardFacts:
+    cfg = model.backbone.pretrained_cfg
+    known = find_dataset(dataset)
+    return CardFacts(
+        name=name,
+        arch=getattr(model, "pretrained_cfg", {}).get("architecture", ""),
+        base=cfg.get("architecture", type(model.backbone).__name__),
+        dataset=known,
+        dataset_name=known.title if known else dataset,
+        method=model.method,
+        num_modules=model.num_modules,
+        cascade_size=model.cascade_size,
+        pff=model.pff,
+        input_size=tuple(model.input_size),
+        mean=tuple(cfg.get("mean", ())),
+        std=tuple(cfg.get("std", ())),
+        num_classes=model.num_classes,
+        num_params=sum(p.numel() for p in model.backbone.parameters()),
+        hf_hub_id=hf_hub_id,
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+_CARD = Template("""\
+---
+$front_matter
+---
+# $name
+
+$summary
+
+| | |
+|---|---|
+| Model | $arch_line |
+| Parameters | $params M (the plain backbone; auxiliary networks are training-only) |
+| Dataset | $dataset_line |
+| Input | $input_line |
+| Training | $setting |
+| Epochs | $epochs_line |
+| License | apache-2.0 |
+
+$body
+## Use
+
+```python
+$usage
+```
+
+## Citation
+
+$citations
+""")
+
+_USAGE = """\
+import timm
+import hpff_zoo  # registers the hpff_* models with timm
+
+model = timm.create_model("$load_name", pretrained=True).eval()
+# images: a batch normalised with mean=$mean, std=$std
+logits = model(images)
+# Fine-tune on N classes (fresh head and auxiliaries): num_classes=N
+# Features for detection / segmentation: features_only=True
+"""
+_PLAIN_USAGE = """
+# The same weights in the plain timm model (no LocalModel wrapper), loaded strictly; $needs
+plain = timm.create_model(
+    "$base",
+    pretrained=True,
+    num_classes=$num_classes,
+    in_chans=$in_chans,
+    pretrained_cfg_overlay=dict(
+        $source,
+        num_classes=$num_classes,
+        input_size=$input_size,
+    ),
+)
+"""
+
+
+def _mib(value: int | None) -> str:
+    return "not measured" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _percent(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} %"
+
+
+def _front_matter(facts: CardFacts, record: RunRecord | None) -> str:
+    dataset_id = facts.dataset.hub_id if facts.dataset else None
+    results = None
+    if record is not None:
+        results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset_id or facts.dataset_name,
+                dataset_name=facts.dataset_name,
+                dataset_split=record.eval_split,
+                metric_type="accuracy",
+                metric_name="top-1 accuracy",
+                metric_value=record.top1,
+            )
+        ]
+    return ModelCardData(
+        library_name="timm",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "hpff-zoo", "local-learning", facts.method],
+        datasets=[dataset_id] if dataset_id else None,
+        model_name=facts.name,
+        eval_results=results,
+    ).to_yaml()
+
+
+def _results(facts: CardFacts, record: RunRecord) -> str:
+    memory = _mib(record.peak_memory_bytes)
+    if record.peak_memory_bytes and record.e2e_peak_memory_bytes:
+        ratio = record.peak_memory_bytes / record.e2e_peak_memory_bytes
+        memory += f" ({1 - ratio:.0%} less than E2E)" if ratio < 1 else f" ({ratio - 1:.0%} more)"
+    images = f", {record.num_eval:,} images" if record.num_eval else ""
+    notes = f"\n{record.notes}\n" if record.notes else ""
+    return (
+        "## Results\n\n"
+        f"Measured by the run that produced these weights, on the {record.eval_split} split"
+        f"{images}:\n\n"
+        "| top-1 | top-5 | peak training memory | E2E peak memory (same batch) | hardware |"
+        " training time |\n|---|---|---|---|---|---|\n"
+        f"| {_percent(record.top1)} | {_percent(record.top5)} | {memory} |"
+        f" {_mib(record.e2e_peak_memory_bytes)} | {record.hardware} |"
+        f" {_duration(record.wall_time_s)} |\n{notes}\n"
+        "## Reproduce\n\n```bash\n"
+        f"{record.command}\n"
+        f"python -m hpff_zoo.hub export <output dir> model_cards/{facts.name} --tag {facts.name}"
+        " --record <output dir>/run.json --overwrite\n```\n"
+    )
+
+
+def _plan(spec: TagSpec, estimate: ComputeEstimate | None) -> str:
+    text = (
+        "## Not trained yet\n\n"
+        "No weights are published for this tag: `timm.create_model"
+        f'("{spec.name}", pretrained=True)` raises an error that names the tags that have '
+        "weights. This card describes the planned run. Train it with:\n\n```bash\n"
+        f"{spec.train_command()}\n"
+        f"python -m hpff_zoo.hub export runs/{spec.name} model_cards/{spec.name} --tag {spec.name}"
+        f" --record runs/{spec.name}/run.json --overwrite\n```\n"
+    )
+    if estimate is not None:
+        text += f"\nEstimated compute: {estimate.describe()}.\n"
+    return text
+
+
+def _summary(facts: CardFacts, status: str) -> str:
+    how = (
+        "with end-to-end backpropagation, the baseline of the local-learning tags"
+        if facts.method == "e2e"
+        else f"without end-to-end backpropagation: {facts.setting}"
+    )
+    return (
+        f"`{facts.base}` trained on {facts.dataset_name} {how}. Made with hpff-zoo, an "
+        f"implementation of HPFF (ECCV 2024) on timm. Status: {status}."
+    )
+
+
+def render_card(
+    facts: CardFacts,
+    record: RunRecord | None = None,
+    spec: TagSpec | None = None,
+    estimate: ComputeEstimate | None = None,
+) -> str:
+    """The README.md of a Hub folder: trained (``record``) or planned (``spec``)."""
+    if (record is None) == (spec is None):
+        raise ValueError("render a card from a run record (trained) or a tag spec (planned)")
+    dataset = facts.dataset
+    sizes = ""
+    if dataset:
+        sizes = f" ({dataset.num_train:,} training / {dataset.num_test:,} evaluation images)"
+    epochs = (
+        f"{record.epochs}" + (f" (batch {record.batch_size})" if record.batch_size else "")
+        if record
+        else f"{spec.epochs} (planned)"
+    )
+    in_chans = facts.input_size[0]
+    source = (
+        f'hf_hub_id="{facts.hf_hub_id}",\n        hf_hub_filename="model.safetensors"'
+        if facts.hf_hub_id
+        else 'file="model.safetensors"'
+    )
+    load_name = facts.name if facts.arch else "local-dir:<this folder>"
+    if not facts.arch and facts.hf_hub_id:
+        load_name = f"hf-hub:{facts.hf_hub_id}"
+    usage = Template(_USAGE).substitute(
+        load_name=load_name, mean=facts.mean, std=facts.std
+    ) + Template(_PLAIN_USAGE).substitute(
+        base=facts.base,
+        num_classes=facts.num_classes,
+        in_chans=in_chans,
+        source=source,
+        input_size=facts.input_size,
+        needs=(
+            f"{facts.base} is registered by `import hpff_zoo` (timm has no 32-px ResNets)"
+            if facts.base.startswith("cifar_")
+            else "this needs timm only"
+        ),
+    )
+    status = "trained" if record else "planned, not trained yet"
+    return _CARD.substitute(
+        front_matter=_front_matter(facts, record).strip(),
+        name=facts.name,
+        summary=_summary(facts, status),
+        arch_line=(f"`{facts.arch}`, " if facts.arch else "")
+        + f"the weights of the plain timm model `{facts.base}`",
+        params=f"{facts.num_params / 1e6:.2f}",
+        dataset_line=f"{facts.dataset_name}{sizes}, {facts.num_classes} classes",
+        input_line=f"{'×'.join(map(str, facts.input_size))}, mean {facts.mean}, std {facts.std}",
+        setting=facts.setting,
+        epochs_line=epochs,
+        body=_results(facts, record) if record else _plan(spec, estimate),
+        usage=usage.rstrip("\n"),
+        citations="\n\n".join(f"```bibtex\n{p.bibtex}\n```" for p in facts.papers),
+    )

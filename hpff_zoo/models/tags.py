@@ -1,0 +1,253 @@
+"""The zoo's catalogue: every pretrained tag, the run that makes it, and where its weights live.
+
+A tag names one training run, ``<arch>.<dataset>_<method>[_k<K>][_hpff]`` (``_hpff`` = HiLo
+cascade size 2 + PFF 2×2), for example ``hpff_resnet32.fmnist_infopro_k16_hpff``. Its
+:class:`TagSpec` holds everything that run fixes: the dataset and its preprocessing, the local
+method and its settings (applied as defaults when the tag is created, so a downloaded checkpoint
+comes back in the setting it was trained in), the planned schedule, and the Hub repository
+``<HUB_ORG>/<tag>`` its weights are published to. The timm pretrained cfgs in
+:mod:`hpff_zoo.models.hpff` and the model cards in ``model_cards/`` are both generated from it.
+
+Which tags actually have weights is not a property of the spec: :data:`HUB_PUBLISHED` lists the
+tags uploaded to the Hub, and a tag whose Hub-ready folder ships in ``model_cards/<tag>/`` has
+weights too (see :mod:`hpff_zoo.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import get_pretrained_cfg
+
+__all__ = ["DATASETS", "HUB_ORG", "HUB_PUBLISHED", "PAPERS", "TAGS", "Dataset", "Paper", "TagSpec"]
+
+HUB_ORG = "hpff-zoo"
+WEIGHTS_FILE = "model.safetensors"
+
+# Tags whose weights have been uploaded to ``<HUB_ORG>/<tag>``; add a tag here after pushing it.
+HUB_PUBLISHED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper a model card cites."""
+
+    key: str
+    arxiv: str
+    title: str
+    authors: str
+    venue: str
+    year: int
+
+    @property
+    def bibtex(self) -> str:
+        return (
+            f"@inproceedings{{{self.key},\n  title={{{self.title}}},\n  author={{{self.authors}}},"
+            f"\n  booktitle={{{self.venue}}},\n  year={{{self.year}}},\n"
+            f"  eprint={{{self.arxiv}}},\n  archivePrefix={{arXiv}}\n}}"
+        )
+
+
+PAPERS = {
+    "hpff": Paper(
+        "su2024hpff",
+        "2407.05638",
+        "HPFF: Hierarchical Locally Supervised Learning with Patch Feature Fusion",
+        "Su, Junhao and He, Chenghao and Zhu, Feiyu and Xu, Xiaojie and Guan, Dongzhi and Si,"
+        " Chenyang",
+        "European Conference on Computer Vision (ECCV)",
+        2024,
+    ),
+    "infopro": Paper(
+        "wang2021infopro",
+        "2101.10832",
+        "Revisiting Locally Supervised Learning: an Alternative to End-to-end Training",
+        "Wang, Yulin and Ni, Zanlin and Song, Shiji and Yang, Le and Huang, Gao",
+        "International Conference on Learning Representations (ICLR)",
+        2021,
+    ),
+    "dgl": Paper(
+        "belilovsky2020dgl",
+        "1901.08164",
+        "Decoupled Greedy Learning of CNNs",
+        "Belilovsky, Eugene and Eickenberg, Michael and Oyallon, Edouard",
+        "International Conference on Machine Learning (ICML)",
+        2020,
+    ),
+    "predsim": Paper(
+        "nokland2019predsim",
+        "1901.06656",
+        "Training Neural Networks with Local Error Signals",
+        "N{\\o}kland, Arild and Eidnes, Lars Hiller",
+        "International Conference on Machine Learning (ICML)",
+        2019,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A training dataset as the recipes name it, with the preprocessing its models expect.
+
+    Attributes:
+        key: the recipes' ``--dataset`` value and the tag prefix's long form.
+        short: the tag prefix (``fmnist``, ``cifar10``, ``in1k``).
+        title: the name a card prints.
+        hub_id: the dataset on the Hugging Face Hub (card metadata).
+        recipe: the recipe script that trains on it (``cifar`` or ``imagenet``).
+        num_classes, num_train, num_test: split sizes, for cards and compute estimates.
+        data_cfg: timm pretrained-cfg data fields (input_size, mean, std, crop, interpolation);
+            ``None`` keeps the backbone's own.
+    """
+
+    key: str
+    short: str
+    title: str
+    hub_id: str
+    recipe: str
+    num_classes: int
+    num_train: int
+    num_test: int
+    data_cfg: dict[str, Any]
+
+
+_SMALL = dict(crop_pct=1.0, interpolation="bilinear")
+DATASETS = {
+    d.short: d
+    for d in (
+        Dataset(
+            "cifar10", "cifar10", "CIFAR-10", "uoft-cs/cifar10", "cifar", 10, 50_000, 10_000,
+            dict(input_size=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465),
+                 std=(0.2470, 0.2435, 0.2616), **_SMALL),
+        ),
+        Dataset(
+            "fashion_mnist", "fmnist", "Fashion-MNIST", "zalando-datasets/fashion_mnist", "cifar",
+            10, 60_000, 10_000,
+            dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,), **_SMALL),
+        ),
+        Dataset(
+            "imagenet", "in1k", "ImageNet-1k", "ILSVRC/imagenet-1k", "imagenet", 1000,
+            1_281_167, 50_000,
+            dict(input_size=(3, 224, 224), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                 crop_pct=0.875, interpolation="bilinear"),
+        ),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TagSpec:
+    """One pretrained tag: the training run that produces its weights.
+
+    Attributes:
+        arch: the hpff_* model name.
+        base: the plain timm model the weights load into without hpff_zoo.
+        dataset: what it is trained on.
+        method, num_modules, hilo, pff: the local-learning setting (``hilo`` = cascade size or
+            ``False``; ``pff`` = grid size, 1 = off).
+        epochs: the planned schedule, for the reproduce command and the compute estimate.
+    """
+
+    arch: str
+    base: str
+    dataset: Dataset
+    method: str
+    num_modules: int
+    hilo: int | bool
+    pff: int
+    epochs: int
+
+    @property
+    def tag(self) -> str:
+        name = f"{self.dataset.short}_{self.method}"
+        if self.method != "e2e":
+            name += f"_k{self.num_modules}"
+        if self.hilo == 2 and self.pff == 2:
+            name += "_hpff"
+        else:
+            name += f"_hilo{self.hilo}" if self.hilo else ""
+            name += f"_pff{self.pff}" if self.pff > 1 else ""
+        return name
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}.{self.tag}"
+
+    @property
+    def hf_hub_id(self) -> str:
+        return f"{HUB_ORG}/{self.name}"
+
+    @property
+    def papers(self) -> tuple[Paper, ...]:
+        return (PAPERS["hpff"], *((PAPERS[self.method],) if self.method in PAPERS else ()))
+
+    def train_command(self, output_dir: str | None = None) -> str:
+        """The recipe command line that trains this tag (the recipes' flags, paper defaults).
+
+        The model is named by its tag, so the run gets the tag's preprocessing (input size,
+        channels, mean/std) and the export's tag check passes.
+        """
+        output_dir = output_dir or f"runs/{self.name}"
+        flags = [f"--model {self.name}", f"--dataset {self.dataset.key}", f"--method {self.method}"]
+        if self.method != "e2e":
+            flags += [f"--num-modules {self.num_modules}", f"--hilo {int(self.hilo)}"]
+            flags += [f"--pff {self.pff}"]
+        flags += [f"--epochs {self.epochs}", f"--output-dir {output_dir}"]
+        return f"accelerate launch recipes/{self.dataset.recipe}.py " + " ".join(flags)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The local-learning settings this tag was trained with."""
+        return dict(method=self.method, num_modules=self.num_modules, hilo=self.hilo, pff=self.pff)
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The timm pretrained cfg: weights location, preprocessing, head names under backbone."""
+        base = get_pretrained_cfg(self.base)
+        data = self.dataset.data_cfg
+        return dict(
+            hf_hub_id=self.hf_hub_id,
+            hf_hub_filename=WEIGHTS_FILE,
+            num_classes=self.dataset.num_classes,
+            **data,
+            fixed_input_size=base.fixed_input_size,
+            pool_size=base.pool_size if data["input_size"] == base.input_size else None,
+            first_conv=f"backbone.{base.first_conv}",
+            classifier=f"backbone.{base.classifier}",
+            license="apache-2.0",
+            paper_ids=tuple(f"arXiv:{p.arxiv}" for p in self.papers),
+            paper_name=PAPERS["hpff"].title,
+            description=self.description,
+        )
+
+    @property
+    def description(self) -> str:
+        how = "end-to-end backpropagation (baseline)"
+        if self.method != "e2e":
+            how = f"{self.method} local learning, K={self.num_modules}"
+            how += f", HiLo k={self.hilo}" if self.hilo else ", no HiLo"
+            how += f", PFF {self.pff}x{self.pff}" if self.pff > 1 else ", no PFF"
+        return f"{self.base} trained on {self.dataset.title} with {how}"
+
+
+def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, epochs: int):
+    hilo, pff = (2, 2) if hpff else (False, 1)
+    return TagSpec(arch, base, DATASETS[dataset], method, k, hilo, pff, epochs)
+
+
+# The first tag of each architecture is its default (timm's rule when no tag has weights yet);
+# it is the paper's main setting, so `timm.create_model("hpff_resnet32")` stays a CIFAR model.
+_CATALOGUE = (
+    _spec("hpff_resnet32", "cifar_resnet32", "cifar10", "infopro", 16, True, 400),
+    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "infopro", 16, True, 10),
+    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "infopro", 16, False, 10),
+    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "e2e", 1, False, 10),
+    _spec("hpff_resnet110", "cifar_resnet110", "cifar10", "infopro", 55, True, 400),
+    _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, True, 90),
+    _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, False, 90),
+    _spec("hpff_resnet152", "resnet152", "in1k", "infopro", 4, True, 90),
+    _spec("hpff_resnext101_32x8d", "resnext101_32x8d", "in1k", "infopro", 4, True, 90),
+    _spec("hpff_vgg13", "vgg13", "in1k", "dgl", 10, True, 90),
+    _spec("hpff_vit_base_patch16_224", "vit_base_patch16_224", "in1k", "dgl", 12, True, 90),
+)
+TAGS: dict[str, TagSpec] = {spec.name: spec for spec in _CATALOGUE}

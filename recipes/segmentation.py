@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Train or test an hpff_zoo segmentation config with mmengine's Runner (mmseg's tools, trimmed).
+
+Examples::
+
+    # E2E, InfoPro K=4 and InfoPro+HPFF K=4 DeepLab-V3-R101 on Cityscapes (one GPU, batch 8)
+    python recipes/segmentation.py train \\
+        recipes/segmentation/deeplabv3_r101-d8_cityscapes-512x1024_40k_hpff-k4.py
+    # mIoU single-scale, multi-scale, multi-scale + flip
+    python recipes/segmentation.py test CONFIG work_dirs/NAME/iter_40000.pth --tta ms-flip
+    # Backbone from an hpff_zoo classification export (folder, weights file or Hub id)
+    python recipes/segmentation.py train CONFIG --backbone-checkpoint exports/hpff_resnet101
+
+Any config value can be overridden with ``--cfg-options key=value ...`` (mmengine syntax), e.g.
+``train_cfg.max_iters=80000`` or ``optim_wrapper.optimizer.lr=0.02``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import hpff_zoo.seg  # noqa: F401  (registers HPFFEncoderDecoder and HPFFTransfer in mmseg)
+from hpff_zoo.seg.config import (
+    TTA_MODES,
+    check_data,
+    use_backbone_checkpoint,
+    use_data_root,
+    use_tta,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [("train", "train a config"), ("test", "evaluate a checkpoint")]:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("config", help="an mmseg config, e.g. recipes/segmentation/*.py")
+        if name == "test":
+            sub.add_argument("checkpoint", help="the .pth checkpoint written by train")
+            sub.add_argument(
+                "--tta",
+                choices=TTA_MODES,
+                default="ss",
+                help="single-scale (ss), multi-scale (ms) or multi-scale + flip (ms-flip)",
+            )
+        else:
+            sub.add_argument(
+                "--backbone-checkpoint",
+                metavar="SOURCE",
+                help="initialise the backbone from an hpff_zoo/timm ResNet classification "
+                "checkpoint: an export folder, a weights file or a Hub id (every backbone "
+                "tensor must be filled)",
+            )
+            sub.add_argument(
+                "--resume", action="store_true", help="resume from the work dir's last checkpoint"
+            )
+            sub.add_argument(
+                "--amp", action="store_true", help="mixed precision (mmengine AmpOptimWrapper)"
+            )
+            sub.add_argument(
+                "--launcher",
+                choices=["none", "pytorch", "slurm", "mpi"],
+                default="none",
+                help="distributed launcher, E2E only (e.g. under torchrun: pytorch); local "
+                "methods train single-process",
+            )
+        sub.add_argument(
+            "--data-root",
+            metavar="DIR",
+            help="Cityscapes folder (leftImg8bit/, gtFine/) for every split "
+            "(default: the config's, data/cityscapes/)",
+        )
+        sub.add_argument(
+            "--work-dir", help="logs and checkpoints (default work_dirs/<config name>)"
+        )
+        sub.add_argument(
+            "--cfg-options",
+            nargs="+",
+            action=DictAction,
+            default={},
+            metavar="KEY=VALUE",
+            help="override config values, mmengine syntax (a.b=1 c=[1,2])",
+        )
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        use_data_root(cfg, args.data_root)
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or f"work_dirs/{Path(args.config).stem}"
+    if args.command == "train":
+        check_data(cfg, "train_dataloader")
+        if cfg.get("val_cfg") is not None:
+            check_data(cfg, "val_dataloader")
+        if args.backbone_checkpoint:
+            use_backbone_checkpoint(cfg, args.backbone_checkpoint)
+        if args.amp:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+        cfg.resume = args.resume
+        cfg.launcher = args.launcher
+    else:
+        check_data(cfg, "test_dataloader")
+        cfg.load_from = args.checkpoint
+        use_tta(cfg, args.tta)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    runner = Runner.from_cfg(build_config(args))
+    if args.command == "train":
+        runner.train()
+        return None
+    return runner.test()
+
+
+if __name__ == "__main__":
+    main()
