@@ -40,7 +40,7 @@ def recipe_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_recipe(script: str, *args: str, launcher=(), timeout: int = 240, env=None):
+def run_recipe(script: str, *args: str, launcher=(), timeout: int = 900, env=None):
     command = [*launcher] if launcher else [sys.executable]
     result = subprocess.run(
         [*command, str(RECIPES / script), *args],
@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
         cwd=ROOT, env=recipe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     mid_epoch_two = crashed / "checkpoints" / "checkpoint-00000008"  # 6 steps per epoch
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900
     while not mid_epoch_two.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
