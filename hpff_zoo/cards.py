@@ -21,9 +21,8 @@ from typing import Any
 import timm
 import torch
 from huggingface_hub import EvalResult, ModelCardData
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
+from .benchmark import measure_flops
 from .local import LocalModel
 from .models.tags import DATASETS, PAPERS, Dataset, Paper, TagSpec
 
@@ -143,26 +142,6 @@ class ComputeEstimate:
         )
 
 
-class _FlopCount(TorchDispatchMode):
-    """Sum of torch's FLOP formulas over every operator that runs, backward included.
-
-    ``FlopCounterMode`` counts the same way but also tracks modules with backward hooks, which
-    ``torch.autograd.grad`` (the HiLo cascade) does not support.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
 def estimate_compute(
     spec: TagSpec, model: LocalModel | None = None, batch_size: int = 2
 ) -> ComputeEstimate:
@@ -170,9 +149,7 @@ def estimate_compute(
     model = (model or timm.create_model(spec.name)).train()
     x = torch.randn(batch_size, *spec.dataset.data_cfg["input_size"])
     y = torch.randint(0, spec.dataset.num_classes, (batch_size,))
-    with _FlopCount() as counter:
-        model.local_step(x, y)
-    flops = counter.total / batch_size
+    flops = measure_flops(model, x, y) / batch_size
     return ComputeEstimate(flops, spec.dataset.num_train, spec.epochs)
 
 
