@@ -143,6 +143,13 @@ def build_parser(description: str, defaults: dict[str, Any]) -> argparse.Argumen
           choices=("auto", "tensorboard", "none"), default="auto")
     _flag(run, "--log-every", "log training losses every N optimizer steps", type=int,
           default=10)
+    _flag(run, "--module-parallel", "train module-parallel over this many processes, one "
+          "pipeline stage each (launch as many with torchrun or accelerate launch); 0: off",
+          type=int, default=0)
+    _flag(run, "--micro-batches", "with --module-parallel: micro-batches each batch is cut "
+          "into and pipelined through the stages", type=int, default=4)
+    _flag(run, "--stage-timeout", "with --module-parallel: seconds a stage waits for another "
+          "before stopping with an error", type=float, default=300.0)
     presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
     _flag(run, "--preset", f"YAML file, or name in recipes/presets/ ({presets}), whose values "
           "replace these defaults; flags given on the command line still win")
@@ -469,6 +476,10 @@ def _describe(args, accelerator, data, net, data_config, steps_per_epoch) -> str
 
 def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
+    if args.module_parallel:
+        from module_parallel import train_module_parallel
+
+        return train_module_parallel(args, build_model)
     accelerator = _make_accelerator(args)
     set_seed(args.seed, deterministic=args.deterministic)
     output = Path(args.output_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import pytest
@@ -157,3 +159,19 @@ def test_module_parallel_needs_one_stage_per_process():
     assert not dist.is_initialized()
     with pytest.raises(RuntimeError, match="init_stages"):
         ModuleParallel(_model(False, torch.float32))
+
+
+@pytest.mark.slow
+def test_recipe_trains_module_parallel_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 recipes/cifar.py --module-parallel 2` trains and exports."""
+    from .test_recipes import check, run_recipe
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]  # fmt: skip
+    flags = ["--module-parallel", "2", "--max-train-samples", "256", "--max-eval-samples", "128",
+             "--epochs", "1", "--batch-size", "32", "--report-to", "none", "--output-dir",
+             str(tmp_path)]  # fmt: skip
+    check(run_recipe("cifar.py", *flags, launcher=launcher, timeout=300))
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["stages"] == 2 and 0 <= record["test_top1"] <= 100
+    assert (tmp_path / "model.safetensors").is_file()
