@@ -87,6 +87,15 @@ def init_stages(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT) ->
     """
     if dist.is_initialized():
         return
+    missing = [
+        v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ
+    ]
+    if missing:
+        raise RuntimeError(
+            f"module-parallel training runs one process per stage, but {', '.join(missing)} "
+            "not set: launch with `torchrun --nproc_per_node S ...` or `accelerate launch "
+            "--num_processes S ...`"
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -54,7 +54,10 @@ def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, An
     from loop import _load_data, _loaders, _make_accelerator
 
     check_args(args)
-    init_stages(timeout=args.stage_timeout)  # before Accelerate, which then reuses the group
+    try:
+        init_stages(timeout=args.stage_timeout)  # before Accelerate, which reuses the group
+    except RuntimeError as error:
+        raise SystemExit(f"error: {error}") from None
     accelerator = _make_accelerator(args)
     set_seed(args.seed)
     data = _load_data(args, accelerator)

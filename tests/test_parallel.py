@@ -175,3 +175,9 @@ def test_recipe_trains_module_parallel_under_torchrun(tmp_path):
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["stages"] == 2 and 0 <= record["test_top1"] <= 100
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_init_stages_without_a_launcher_says_how_to_launch(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node"):
+        hpff_zoo.parallel.init_stages()
