@@ -230,6 +230,17 @@ def create_local_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
     return hpff_zoo.from_timm(args.model, **kwargs)
 
 
+def create_optimizer(args: argparse.Namespace, parameters) -> torch.optim.Optimizer:
+    """SGD with the optimisation flags."""
+    return torch.optim.SGD(
+        parameters,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov and args.momentum > 0,
+        weight_decay=args.weight_decay,
+    )
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -487,13 +498,7 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     model = build_model(args, data)
     data_config, train_set, train_loader, test_loader = _loaders(args, accelerator, data, model)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov and args.momentum > 0,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = create_optimizer(args, model.parameters())
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(args.warmup_epochs * steps_per_epoch))

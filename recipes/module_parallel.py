@@ -51,7 +51,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, Any]:
     """Train, evaluate every epoch, export; returns the last epoch's record."""
-    from loop import _load_data, _loaders, _make_accelerator
+    from loop import _load_data, _loaders, _make_accelerator, create_optimizer
 
     check_args(args)
     try:
@@ -69,13 +69,7 @@ def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, An
     # The loop's loaders with one process per batch: every stage reads the whole batch.
     data_config, train_set, train_loader, test_loader = _loaders(args, _Unsplit(), data, model)
     test_loader = accelerator.prepare(test_loader)
-    optimizer = torch.optim.SGD(
-        stage.parameters(),
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov and args.momentum > 0,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = create_optimizer(args, stage.parameters())
     total_steps = args.epochs * len(train_loader)
     warmup_steps = min(total_steps, round(args.warmup_epochs * len(train_loader)))
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, args.min_lr / args.lr)

