@@ -50,6 +50,7 @@ class RunRecord:
         command: the exact command line that trained the run.
         hardware: what it ran on (e.g. ``"2-core x86-64 CPU, no GPU"``).
         eval_split, num_eval: the split and number of images the accuracy is measured on.
+        num_train: the number of training images (fewer than the dataset's for a subset run).
         batch_size: training batch size.
         wall_time_s: training wall time.
         peak_memory_bytes: peak training memory of one step (``hpff_zoo.MemoryMeter``).
@@ -65,6 +66,7 @@ class RunRecord:
     top5: float | None = None
     eval_split: str = "test"
     num_eval: int | None = None
+    num_train: int | None = None
     batch_size: int | None = None
     wall_time_s: float | None = None
     peak_memory_bytes: int | None = None
@@ -150,7 +152,7 @@ def estimate_compute(
     x = torch.randn(batch_size, *spec.dataset.data_cfg["input_size"])
     y = torch.randint(0, spec.dataset.num_classes, (batch_size,))
     flops = measure_flops(model, x, y) / batch_size
-    return ComputeEstimate(flops, spec.dataset.num_train, spec.epochs)
+    return ComputeEstimate(flops, spec.train_images or spec.dataset.num_train, spec.epochs)
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,10 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
     memory = _mib(record.peak_memory_bytes)
     if record.peak_memory_bytes and record.e2e_peak_memory_bytes:
         ratio = record.peak_memory_bytes / record.e2e_peak_memory_bytes
-        memory += f" ({1 - ratio:.0%} less than E2E)" if ratio < 1 else f" ({ratio - 1:.0%} more)"
+        if ratio < 1:
+            memory += f" ({1 - ratio:.0%} less than E2E)"
+        elif ratio > 1:
+            memory += f" ({ratio - 1:.0%} more)"
     images = f", {record.num_eval:,} images" if record.num_eval else ""
     notes = f"\n{record.notes}\n" if record.notes else ""
     return (
@@ -381,7 +386,10 @@ def render_card(
     dataset = facts.dataset
     sizes = ""
     if dataset:
-        sizes = f" ({dataset.num_train:,} training / {dataset.num_test:,} evaluation images)"
+        used = ""
+        if record and record.num_train and record.num_train < dataset.num_train:
+            used = f"{record.num_train:,} of the "
+        sizes = f" ({used}{dataset.num_train:,} training / {dataset.num_test:,} evaluation images)"
     epochs = (
         f"{record.epochs}" + (f" (batch {record.batch_size})" if record.batch_size else "")
         if record

@@ -55,7 +55,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from .benchmark import _FlopCounter
+from .benchmark.steps import _FlopCounter
 from .local import Backward, LocalModel, _default_backward, _StreamedStep
 from .partition import balanced_split
 

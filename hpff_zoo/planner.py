@@ -129,6 +129,7 @@ def plan(
     method: str = "infopro",
     hilo: int | bool = 2,
     num_classes: int = 10,
+    in_chans: int = 3,
     pff_grids: Sequence[int] = (1, 2, 4),
     optimizer_slots: int = 1,
     device: str | torch.device = "cpu",
@@ -136,12 +137,13 @@ def plan(
     """The fewest modules (then the smallest PFF grid) whose predicted peak fits the budget.
 
     Args:
-        model_name: an ``hpff_*`` model.
+        model_name: an ``hpff_*`` model, or one of its catalogue tags (for the tag's input size).
         batch_size: the training batch size per device.
         img_size: input resolution (``None``: the model's own).
         budget_bytes: bytes, or a string such as ``"4GB"`` / ``"6GiB"``.
         method, hilo: the local method and HiLo setting to plan for (E2E is always tried first).
         num_classes: classifier size (it changes the static memory).
+        in_chans: input channels (1 for grayscale data).
         pff_grids: PFF grid sizes to consider.
         optimizer_slots: optimizer state per parameter (1 for SGD momentum, 2 for Adam).
         device: where to measure; CPU measurements carry over to GPUs except for kernel
@@ -152,6 +154,7 @@ def plan(
     """
     budget = parse_bytes(budget_bytes)
     extra = dict(img_size=img_size) if img_size is not None and "vit" in model_name else {}
+    extra["in_chans"] = in_chans
     probe = timm.create_model(model_name, num_classes=num_classes, method="e2e", **extra)
     ladder = _module_ladder(len(probe.partition.atoms), _paper_k(model_name))
     candidates: list[Candidate] = []
@@ -184,9 +187,10 @@ def plan(
 def _paper_k(model_name: str) -> int:
     from .models import HPFF_MODELS
 
-    if model_name not in HPFF_MODELS:
+    architecture = model_name.split(".")[0]
+    if architecture not in HPFF_MODELS:
         raise ValueError(f"unknown hpff model {model_name!r}; choose from {sorted(HPFF_MODELS)}")
-    return int(HPFF_MODELS[model_name][1]["num_modules"])
+    return int(HPFF_MODELS[architecture][1]["num_modules"])
 
 
 def main(argv: Sequence[str] | None = None) -> Plan:

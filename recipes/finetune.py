@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(parser, argv)
     if args.model:
         parser.error("finetune.py starts from --init; --model is for cifar.py / imagenet.py")
+    if args.memory_budget:
+        parser.error(
+            "--memory-budget plans hpff_* models in cifar.py / imagenet.py; give "
+            "finetune.py --num-modules and --pff"
+        )
     args.model = args.init
     return train(args, build_model)
 

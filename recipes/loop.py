@@ -16,6 +16,8 @@ import argparse
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hpff_zoo
+from hpff_zoo.cards import RunRecord, describe_hardware
 from hpff_zoo.data import (
     DatasetError,
     TransformedDataset,
@@ -38,6 +41,7 @@ from hpff_zoo.data import (
     load_image_classification,
     resolve_data_config,
 )
+from hpff_zoo.hub import RECORD_FILE, push_model
 from hpff_zoo.training import (
     CheckpointManager,
     MetricsWriter,
@@ -45,6 +49,7 @@ from hpff_zoo.training import (
     average_buffers,
     evaluate,
     local_step,
+    peak_memory_against_e2e,
     save_backbone,
     summarize_losses,
     warmup_cosine,
@@ -105,6 +110,10 @@ def build_parser(description: str, defaults: dict[str, Any]) -> argparse.Argumen
     _flag(model, "--pff", "PFF patch grid n (n×n); 1 turns PFF off", type=int, default=2)
     _flag(model, "--balance", "cost the automatic module split balances",
           choices=("memory", "flops", "blocks"), default="memory")
+    _flag(model, "--memory-budget", "peak training memory per device, e.g. 4GB or 6GiB: the "
+          "planner (hpff_zoo.plan) measures candidate K and PFF grids for --method at this "
+          "batch and picks the fewest modules that fit (E2E first), replacing --num-modules "
+          "and --pff; hpff_* models only")
 
     optim = parser.add_argument_group("optimisation (SGD with Nesterov momentum, cosine schedule)")
     _flag(optim, "--epochs", "training epochs", type=int, default=None)
@@ -150,6 +159,10 @@ def build_parser(description: str, defaults: dict[str, Any]) -> argparse.Argumen
           "into and pipelined through the stages", type=int, default=4)
     _flag(run, "--stage-timeout", "with --module-parallel: seconds a stage waits for another "
           "before stopping with an error", type=float, default=300.0)
+    _flag(run, "--push-to-hub", "after training, export to a Hub-ready folder (model card, "
+          "safetensors) and upload it to this repository id (needs a token: huggingface-cli "
+          "login); a --model given as a catalogue tag is published as that tag",
+          metavar="REPO")
     presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
     _flag(run, "--preset", f"YAML file, or name in recipes/presets/ ({presets}), whose values "
           "replace these defaults; flags given on the command line still win")
@@ -219,13 +232,43 @@ def input_channels(args: argparse.Namespace, default: int) -> int:
     return int(args.in_chans)
 
 
+def planned_model_kwargs(args: argparse.Namespace, num_classes: int, channels: int):
+    """``--num-modules`` and ``--pff`` chosen by the memory planner for ``--memory-budget``."""
+    architecture = args.model.split(".")[0]
+    if architecture not in hpff_zoo.models.HPFF_MODELS:
+        raise SystemExit(
+            f"--memory-budget plans hpff_* models; {args.model!r} is not one "
+            f"({', '.join(sorted(hpff_zoo.models.HPFF_MODELS))})"
+        )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = args.batch_size // args.grad_accum // world_size
+    try:
+        plan = hpff_zoo.plan(
+            args.model,
+            batch,
+            args.img_size,
+            args.memory_budget,
+            method=args.method,
+            hilo=args.hilo if args.hilo > 1 else False,
+            num_classes=num_classes,
+            in_chans=channels,
+        )
+    except ValueError as error:
+        raise SystemExit(f"--memory-budget: {error}") from None
+    print(f"memory plan for batch {batch} per device:\n{plan.table()}")
+    return plan.model_kwargs()
+
+
 def create_local_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
-    """A new (untrained) model: an hpff_* entry point, or any timm classifier wrapped."""
+    """A new (untrained) model: an hpff_* entry point (or one of its catalogue tags, which
+    brings the tag's preprocessing), or any timm classifier wrapped."""
     channels = input_channels(args, data.channels)
     kwargs = dict(local_model_kwargs(args), num_classes=data.num_classes, in_chans=channels)
+    if args.memory_budget:
+        kwargs.update(planned_model_kwargs(args, data.num_classes, channels))
     if args.img_size:
         kwargs["input_size"] = (channels, args.img_size, args.img_size)
-    if args.model in hpff_zoo.models.HPFF_MODELS:
+    if args.model.split(".")[0] in hpff_zoo.models.HPFF_MODELS:
         return timm.create_model(args.model, **kwargs)
     return hpff_zoo.from_timm(args.model, **kwargs)
 
@@ -471,11 +514,15 @@ class _Run:
 
 
 def _describe(args, accelerator, data, net, data_config, steps_per_epoch) -> str:
+    setting = "end-to-end backpropagation"
+    if net.method != "e2e":
+        setting = (
+            f"{net.method}, K={net.num_modules}, HiLo k={net.cascade_size}, PFF {net.pff}x{net.pff}"
+        )
     return (
         f"data   {data.source}: {len(data.train)} train / {len(data.test)} test images, "
         f"{data.num_classes} classes, {data.channels}-channel images\n"
-        f"model  {args.model}: {net.method}, K={net.num_modules}, HiLo k={net.cascade_size}, "
-        f"PFF {net.pff}x{net.pff}, input {tuple(data_config['input_size'])}, "
+        f"model  {args.model}: {setting}, input {tuple(data_config['input_size'])}, "
         f"{sum(p.numel() for p in net.backbone.parameters()) / 1e6:.2f} M backbone parameters\n"
         f"run    {accelerator.num_processes} process(es) on {accelerator.device} "
         f"({accelerator.distributed_type.value}), mixed precision {args.mixed_precision}, "
@@ -485,12 +532,59 @@ def _describe(args, accelerator, data, net, data_config, steps_per_epoch) -> str
     )
 
 
+def _command_line(num_processes: int) -> str:
+    script = shlex.join(sys.argv)
+    if num_processes > 1:
+        return f"accelerate launch --multi_gpu --num_processes {num_processes} {script}"
+    return f"python {script}"
+
+
+def _run_record(args, run: _Run, data, record, x, y, wall_time: float) -> RunRecord:
+    """What this run measured, for ``run.json`` and the model card (see ``hpff_zoo.cards``)."""
+    net, accelerator = run.net, run.accelerator
+    peak, e2e_peak = peak_memory_against_e2e(net, x, y)
+    notes = [f"peak step memory measured at the per-process batch of {x.shape[0]}"]
+    if args.max_train_samples:
+        notes.insert(0, f"trained on a random subset of {len(data.train):,} training images")
+    return RunRecord(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        top1=round(record["test_top1"], 2),
+        top5=round(record["test_top5"], 2),
+        command=_command_line(accelerator.num_processes),
+        hardware=describe_hardware(),
+        eval_split=data.test_split,
+        num_eval=len(data.test),
+        num_train=len(data.train),
+        batch_size=args.batch_size,
+        wall_time_s=round(wall_time, 1),
+        peak_memory_bytes=peak,
+        e2e_peak_memory_bytes=e2e_peak,
+        notes="; ".join(notes),
+    )
+
+
+def _push(args, net: hpff_zoo.LocalModel, record: RunRecord) -> None:
+    tag = args.model if args.model in hpff_zoo.models.TAGS else None
+    try:
+        push_model(net, args.push_to_hub, record=record, tag=tag)
+    except Exception as error:  # the run is saved: say how to publish it by hand
+        raise SystemExit(
+            f"--push-to-hub {args.push_to_hub} failed ({error}); the trained model is in "
+            f"{args.output_dir}: publish it with `python -m hpff_zoo.hub export "
+            f"{args.output_dir} EXPORT_DIR` then `python -m hpff_zoo.hub push EXPORT_DIR "
+            f"{args.push_to_hub}`"
+        ) from error
+    print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+
+
 def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
     if args.module_parallel:
         from module_parallel import train_module_parallel
 
         return train_module_parallel(args, build_model)
+    start = time.perf_counter()
     accelerator = _make_accelerator(args)
     set_seed(args.seed, deterministic=args.deterministic)
     output = Path(args.output_dir)
@@ -545,6 +639,11 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     if accelerator.is_main_process:
         save_backbone(run.net, output, data_config, data.label_names)
         (output / "run_args.json").write_text(json.dumps(_tracker_config(args), indent=2))
+        x, y = next(iter(train_loader))
+        run_record = _run_record(args, run, data, record, x, y, time.perf_counter() - start)
+        run_record.save(output / RECORD_FILE)
+        if args.push_to_hub:
+            _push(args, run.net, run_record)
     accelerator.print(
         f"test accuracy: top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  "
         f"(model.safetensors + config.json in {output})"

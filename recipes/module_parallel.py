@@ -39,6 +39,8 @@ def check_args(args: argparse.Namespace) -> None:
         "--resume": args.resume is not None,
         "--grad-accum > 1 (use --micro-batches)": args.grad_accum != 1,
         "--mixed-precision fp16 (bf16 works)": args.mixed_precision == "fp16",
+        "--push-to-hub (publish the export with python -m hpff_zoo.hub)": args.push_to_hub
+        is not None,
     }
     refused = [flag for flag, given in unsupported.items() if given]
     if refused:

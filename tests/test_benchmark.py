@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark CLI on a tiny configuration, so it cannot rot."""
+"""The benchmark CLI on tiny configurations, so it cannot rot, and the grid's bookkeeping."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hpff_zoo import benchmark
+from hpff_zoo.benchmark.accuracy import Cell, CellResult, parse_cells, summarize
 
 
 def test_memory_and_speed_commands_write_results(tmp_path):
@@ -15,13 +16,73 @@ def test_memory_and_speed_commands_write_results(tmp_path):
     memory = benchmark.main(["memory", *common, *configs])
     speed = benchmark.main(["speed", *common, *configs, "--repetitions", "2"])
     assert [r.config for r in memory] == ["e2e", "dgl", "dgl+hpff"]
-    assert all(r.peak_mib > 0 for r in memory)
+    assert all(r.peak_mib > 0 and r.static_mib > 0 for r in memory)
+    # Auxiliary networks add weights, gradients and momentum to the static memory.
+    assert memory[2].static_mib > memory[1].static_mib > memory[0].static_mib
     assert all(r.step_seconds_min <= r.step_seconds <= r.step_seconds_max for r in speed)
     # HiLo adds a cascade auxiliary and an input-gradient pass: more arithmetic than plain DGL.
     assert speed[2].gflops > speed[1].gflops > 0
     record = json.loads((tmp_path / "speed_hpff_resnet32_bs4.json").read_text())
     assert record["results"][0]["config"] == "e2e"
-    assert "| dgl+hpff |" in (tmp_path / "memory_hpff_resnet32_bs4.md").read_text()
+    assert "| dgl+hpff | 4 |" in (tmp_path / "memory_hpff_resnet32_bs4.md").read_text()
+    assert (tmp_path / "memory_hpff_resnet32_bs4.png").stat().st_size > 0
+
+
+def test_memory_against_k_sweep_falls_and_is_plotted(tmp_path):
+    results = benchmark.main(["memory", "--model", "hpff_resnet32", "--configs", "e2e,dgl",
+                              "--num-modules", "2,4,8", "--batch-size", "8",
+                              "--out", str(tmp_path)])  # fmt: skip
+    peaks = {r.num_modules: r.peak_mib for r in results if r.config == "dgl"}
+    assert list(peaks) == [2, 4, 8] and peaks[8] < peaks[4] < peaks[2]
+    assert (tmp_path / "memory_hpff_resnet32_bs8_vs_k.png").stat().st_size > 0
+
+
+def test_accuracy_grid_trains_summarises_and_resumes(tmp_path):
+    argv = ["accuracy", "--dataset", "mnist5k", "--num-modules", "2",
+            "--cells", "e2e#0,e2e#1,dgl+hpff", "--jobs", "2", "--preset", "none",
+            "--out", str(tmp_path), "--", "--epochs", "1", "--max-train-samples", "32",
+            "--max-eval-samples", "32", "--batch-size", "16", "--workers", "0",
+            "--report-to", "none", "--checkpoint-every-epochs", "0"]  # fmt: skip
+    rows = benchmark.main(argv)
+    assert [(r.config, r.num_modules, r.seeds) for r in rows] == [("e2e", 1, 2), ("dgl+hpff", 2, 1)]
+    assert rows[0].error_std is not None and rows[0].peak_ratio == 1.0
+    assert rows[1].peak_ratio > 0  # measured by the run, against E2E on its batch
+    record = json.loads((tmp_path / "accuracy.json").read_text())
+    assert {c["cell"]["config"] for c in record["cells"]} == {"e2e", "dgl+hpff"}
+    assert "| dgl+hpff | 2 | 1 |" in (tmp_path / "accuracy.md").read_text()
+    assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
+
+    log = tmp_path / "runs" / "e2e_s0" / "train.log"
+    size = log.stat().st_size
+    assert benchmark.main(argv) == rows  # finished cells are read back, not retrained
+    assert log.stat().st_size == size
+
+
+def _result(config: str, k: int, seed: int, top1: float) -> CellResult:
+    return CellResult(Cell(config, k, seed), top1, 60.0, 50, 100, "python recipes/cifar.py")
+
+
+def test_summary_states_the_gap_each_plug_in_closes():
+    results = [_result("e2e", 1, 0, 90.0), _result("e2e", 1, 1, 92.0),
+               _result("dgl", 16, 0, 81.0), _result("dgl+hpff", 16, 0, 87.0),
+               _result("dgl+hpff", 8, 0, 88.0)]  # fmt: skip
+    rows = {(r.config, r.num_modules): r for r in summarize(results)}
+    assert rows["e2e", 1].error_mean == pytest.approx(9.0)
+    assert rows["e2e", 1].error_std == pytest.approx(2**0.5)
+    # DGL 19 % error, E2E 9 %: HPFF's 13 % closes 6 of the 10 points.
+    assert rows["dgl+hpff", 16].closed_gap == pytest.approx(0.6)
+    assert rows["dgl", 16].closed_gap is None
+    assert rows["dgl+hpff", 8].closed_gap is None  # no plain DGL at K=8 to compare with
+
+
+def test_grid_cells_parse_and_reject_nonsense():
+    cells = parse_cells("e2e#1, infopro+hpff@8, man", default_k=16)
+    assert cells == [Cell("e2e", 1, 1), Cell("infopro+hpff", 8, 0), Cell("man", 16, 0)]
+    assert [c.name for c in cells] == ["e2e_s1", "infopro+hpff_k8_s0", "man_k16_s0"]
+    with pytest.raises(ValueError, match="given twice"):
+        parse_cells("dgl,dgl@16#0", default_k=16)
+    with pytest.raises(ValueError, match=r"config\[@K\]\[#seed\]"):
+        parse_cells("dgl@four", default_k=16)
 
 
 @pytest.mark.parametrize("config", ["sgd", "dgl+lora", "e2e+hilo"])

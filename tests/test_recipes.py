@@ -186,7 +186,8 @@ def test_help_explains_every_flag(script, capsys, monkeypatch):
     text = capsys.readouterr().out
     for flag in ("--dataset", "--method", "--num-modules", "--hilo", "--pff", "--lr",
                  "--batch-size", "--epochs", "--grad-accum", "--mixed-precision", "--resume",
-                 "--checkpoint-every-steps", "--output-dir", "--preset"):  # fmt: skip
+                 "--checkpoint-every-steps", "--output-dir", "--preset", "--memory-budget",
+                 "--push-to-hub"):  # fmt: skip
         assert flag in text
     assert text.count("%(default)") == 0
 
@@ -216,3 +217,46 @@ def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch)
     bad.write_text("learning_rate: 0.1\n")
     with pytest.raises(SystemExit):
         parse(cifar, "--preset", str(bad))
+
+
+def test_tagged_model_writes_a_run_record_that_exports_as_the_tag(tmp_path):
+    """A catalogue tag as --model brings its preprocessing; run.json feeds the Hub export."""
+    from hpff_zoo.cards import RunRecord
+
+    output, tag = tmp_path / "run", "hpff_resnet32.fmnist_e2e"
+    stdout = check(run_recipe("cifar.py", "--model", tag, "--method", "e2e",
+                              "--max-train-samples", "32", "--max-eval-samples", "48",
+                              "--epochs", "1", "--batch-size", "16",
+                              "--output-dir", str(output), *QUICK))  # fmt: skip
+    assert f"model  {tag}: end-to-end backpropagation, input (1, 28, 28)" in stdout
+    record = RunRecord.load(output / "run.json")
+    assert record.top1 == round(epochs(output)[-1]["test_top1"], 2)
+    assert (record.num_eval, record.num_train, record.batch_size) == (48, 32, 16)
+    assert f"--model {tag}" in record.command and record.wall_time_s > 0
+    assert record.peak_memory_bytes == record.e2e_peak_memory_bytes > 0
+    exported = tmp_path / "export"
+    result = subprocess.run(
+        [sys.executable, "-m", "hpff_zoo.hub", "export", str(output), str(exported), "--tag", tag],
+        cwd=ROOT, env=recipe_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    check(result)
+    card = (exported / "README.md").read_text()
+    assert "random subset of 32 training images" in card and f"{record.top1:.2f} %" in card
+
+
+def test_memory_budget_lets_the_planner_choose_k(tmp_path):
+    import hpff_zoo
+
+    flags = ["--max-train-samples", "32", "--max-eval-samples", "16", "--epochs", "1",
+             "--batch-size", "16", "--method", "dgl", "--hilo", "0", *QUICK]  # fmt: skip
+    e2e = hpff_zoo.plan("hpff_resnet32", 16, None, "16GiB", method="dgl", hilo=False, in_chans=1)
+    budget = int(0.6 * e2e.chosen.predicted_bytes)
+    stdout = check(run_recipe("cifar.py", *flags, "--memory-budget", str(budget),
+                              "--output-dir", str(tmp_path / "run")))  # fmt: skip
+    assert "memory plan for batch 16 per device" in stdout
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ")][1:]
+    fits = [row[4].strip() for row in rows]
+    assert fits[-1] == "yes (chosen)" and set(fits[:-1]) == {"no"}, stdout
+    method, k, pff = (cell.strip() for cell in rows[-1][:3])
+    assert method == "dgl" and int(k) > 1
+    assert f"dgl, K={k}, HiLo k=1, PFF {pff}x{pff}" in stdout  # the model trained is the plan's

@@ -103,6 +103,7 @@ class ImageClassificationData:
         label_names: class names, index-aligned with the labels.
         channels: channels of the stored images (1 for grayscale, 3 otherwise).
         source: where the data came from, for logs.
+        test_split: the split ``test`` holds (``"held-out"`` when carved from the train split).
     """
 
     train: object
@@ -111,6 +112,7 @@ class ImageClassificationData:
     label_names: list[str]
     channels: int
     source: str
+    test_split: str = "test"
 
     def limit(
         self, train: int | None = None, test: int | None = None, seed: int = 0
@@ -130,6 +132,7 @@ class ImageClassificationData:
             self.label_names,
             self.channels,
             self.source,
+            self.test_split,
         )
 
 
@@ -169,6 +172,7 @@ def load_image_classification(
         )
         train, test = held_out["train"], held_out["test"]
         source += f" (no test split: {test_fraction:.0%} held out, seed {seed})"
+        test_split = "held-out"
     else:
         test = _normalise(splits[test_split], image_column, label_column, source)
     names = list(label_names or train.features["label"].names)
@@ -179,6 +183,7 @@ def load_image_classification(
         names,
         _channels(train),
         source,
+        test_split,
     )
 
 

@@ -15,7 +15,7 @@ weights too (see :mod:`hpff_zoo.models.pretrained`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -148,6 +148,9 @@ class TagSpec:
         method, num_modules, hilo, pff: the local-learning setting (``hilo`` = cascade size or
             ``False``; ``pff`` = grid size, 1 = off).
         epochs: the planned schedule, for the reproduce command and the compute estimate.
+        preset: the recipe preset (``recipes/presets/<preset>.yaml``) fixing the rest of the
+            schedule (batch, learning rate, training subset), if any.
+        train_images: images per epoch when the preset trains on a subset (compute estimate).
     """
 
     arch: str
@@ -158,6 +161,8 @@ class TagSpec:
     hilo: int | bool
     pff: int
     epochs: int
+    preset: str | None = None
+    train_images: int | None = None
 
     @property
     def tag(self) -> str:
@@ -194,6 +199,7 @@ class TagSpec:
         if self.method != "e2e":
             flags += [f"--num-modules {self.num_modules}", f"--hilo {int(self.hilo)}"]
             flags += [f"--pff {self.pff}"]
+        flags += [f"--preset {self.preset}"] if self.preset else []
         flags += [f"--epochs {self.epochs}", f"--output-dir {output_dir}"]
         return f"accelerate launch recipes/{self.dataset.recipe}.py " + " ".join(flags)
 
@@ -235,13 +241,20 @@ def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, e
     return TagSpec(arch, base, DATASETS[dataset], method, k, hilo, pff, epochs)
 
 
+def _cpu_spec(method: str, k: int, hpff: bool) -> TagSpec:
+    """A Fashion-MNIST tag trained on this project's CPU budget (preset ``fmnist-cpu``: 10,000
+    training images, 2 epochs), the same budget as the benchmark's accuracy grid."""
+    spec = _spec("hpff_resnet32", "cifar_resnet32", "fmnist", method, k, hpff, epochs=2)
+    return replace(spec, preset="fmnist-cpu", train_images=10_000)
+
+
 # The first tag of each architecture is its default (timm's rule when no tag has weights yet);
 # it is the paper's main setting, so `timm.create_model("hpff_resnet32")` stays a CIFAR model.
 _CATALOGUE = (
     _spec("hpff_resnet32", "cifar_resnet32", "cifar10", "infopro", 16, True, 400),
-    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "infopro", 16, True, 10),
-    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "infopro", 16, False, 10),
-    _spec("hpff_resnet32", "cifar_resnet32", "fmnist", "e2e", 1, False, 10),
+    _cpu_spec("infopro", 16, True),
+    _cpu_spec("infopro", 16, False),
+    _cpu_spec("e2e", 1, False),
     _spec("hpff_resnet110", "cifar_resnet110", "cifar10", "infopro", 55, True, 400),
     _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, True, 90),
     _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, False, 90),

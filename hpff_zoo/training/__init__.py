@@ -5,7 +5,8 @@
 * :class:`CheckpointManager` / :class:`TrainingProgress`: crash-safe ``save_state`` checkpoints
   and the position ``--resume`` continues from;
 * :func:`warmup_cosine`, :func:`evaluate`, :class:`MetricsWriter`, :func:`summarize_losses`;
-* :func:`save_backbone`: the final weights as ``model.safetensors`` + timm ``config.json``.
+* :func:`save_backbone`: the final weights as ``model.safetensors`` + timm ``config.json``;
+* :func:`peak_memory_against_e2e`: the peak step memory a run's record reports.
 
 Unlike the core library, this package needs Accelerate.
 """
@@ -13,6 +14,7 @@ Unlike the core library, this package needs Accelerate.
 from .checkpoint import CheckpointManager, TrainingProgress
 from .export import save_backbone
 from .metrics import MetricsWriter, evaluate, summarize_losses
+from .record import peak_memory_against_e2e
 from .schedule import warmup_cosine
 from .step import average_buffers, average_gradients, local_step
 
@@ -24,6 +26,7 @@ __all__ = [
     "average_gradients",
     "evaluate",
     "local_step",
+    "peak_memory_against_e2e",
     "save_backbone",
     "summarize_losses",
     "warmup_cosine",

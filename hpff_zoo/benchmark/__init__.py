@@ -1,0 +1,19 @@
+"""Measure what local learning buys: peak training memory, step time and test accuracy.
+
+Usage::
+
+    python -m hpff_zoo.benchmark memory --model hpff_resnet32 --batch-size 128 --out results/
+    python -m hpff_zoo.benchmark memory --model hpff_resnet110 --configs e2e,infopro+hpff \\
+        --num-modules 1,2,4,8,16,32,55 --out results/
+    python -m hpff_zoo.benchmark speed --model hpff_resnet101 --batch-size 8 --img-size 224
+    python -m hpff_zoo.benchmark accuracy --jobs 2 --out results/accuracy
+
+``memory`` and ``speed`` measure single steps (:mod:`.steps`); ``accuracy`` trains a grid of
+configurations through ``recipes/cifar.py`` (:mod:`.accuracy`). Each writes JSON, a Markdown
+table and PNG plots (:mod:`.plots`) into ``--out``.
+"""
+
+from .cli import main
+from .steps import measure_flops, measure_speed, model_kwargs
+
+__all__ = ["main", "measure_flops", "measure_speed", "model_kwargs"]

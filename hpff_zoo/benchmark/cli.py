@@ -1,0 +1,267 @@
+"""``python -m hpff_zoo.benchmark memory|speed|accuracy``: run, print, and write results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .accuracy import (
+    DEFAULT_CELLS,
+    PAPER_CIFAR10_RESNET32,
+    Cell,
+    CellResult,
+    GridError,
+    GridSettings,
+    Row,
+    accuracy_table,
+    parse_cells,
+    run_grid,
+    summarize,
+)
+from .steps import (
+    DEFAULT_CONFIGS,
+    StepMeasurement,
+    build,
+    example_batch,
+    measure_memory,
+    model_kwargs,
+    speed_measurements,
+    steps_table,
+)
+
+__all__ = ["main"]
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cifar.py"
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(item) for item in text.split(",")]
+
+
+def _config_list(text: str) -> list[str]:
+    configs = text.split(",")
+    for config in configs:
+        model_kwargs(config)  # fail on a bad name before building anything
+    return configs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpff_zoo.benchmark",
+        description="Measure peak training memory, step time and test accuracy of local "
+        "learning configurations against E2E. Configurations: e2e, or a method (dgl, infopro, "
+        "predsim, man) with optional plug-ins +hilo, +pff or +hpff (= HiLo + PFF).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help in (
+        ("memory", "peak step memory (MemoryMeter) and static memory of each configuration"),
+        ("speed", "interleaved step time and FLOPs of each configuration"),
+    ):
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--model", default="hpff_resnet32", help="an hpff_* model name")
+        sub.add_argument(
+            "--configs",
+            default=",".join(DEFAULT_CONFIGS),
+            type=_config_list,
+            help="comma-separated configurations, e.g. e2e,dgl,dgl+hpff (default: %(default)s)",
+        )
+        sub.add_argument(
+            "--num-modules",
+            type=_int_list,
+            help="K, or a comma-separated list of K for a memory-vs-K sweep (default: the "
+            "model's paper value)",
+        )
+        sub.add_argument("--batch-size", type=int, default=128, help="batch size")
+        sub.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+        sub.add_argument("--num-classes", type=int, default=10, help="classifier outputs")
+        sub.add_argument(
+            "--repetitions", type=int, default=10, help="timed steps per configuration (speed)"
+        )
+        sub.add_argument(
+            "--device",
+            default="cuda" if torch.cuda.is_available() else "cpu",
+            help="where to measure (default: %(default)s)",
+        )
+        _output_flags(sub)
+
+    accuracy = commands.add_parser(
+        "accuracy",
+        help="train the comparison grid through recipes/cifar.py and tabulate test error",
+        description="Train one recipe run per grid cell (config[@K][#seed]) and tabulate "
+        "test error (mean ± std over seeds), the share of the gap to E2E each plug-in closes, "
+        "peak step memory and training time. Finished cells are read, not retrained. Flags "
+        "after a lone -- go to every recipe run (e.g. -- --epochs 1).",
+    )
+    accuracy.add_argument("--model", default="hpff_resnet32", help="an hpff_* architecture")
+    accuracy.add_argument("--dataset", default="fashion_mnist", help="the recipes' --dataset")
+    accuracy.add_argument(
+        "--num-modules", type=int, default=16, help="K of cells that give none (default: 16)"
+    )
+    accuracy.add_argument(
+        "--cells",
+        default=DEFAULT_CELLS,
+        help="comma-separated config[@K][#seed] (default: %(default)s)",
+    )
+    accuracy.add_argument(
+        "--preset",
+        default="fmnist-cpu",
+        help="recipe preset fixing the shared schedule (default: %(default)s: 10,000 training "
+        "images, 2 epochs, batch 128); 'none' for the recipe's own defaults",
+    )
+    accuracy.add_argument("--jobs", type=int, default=1, help="cells trained at once")
+    accuracy.add_argument(
+        "--threads", type=int, help="CPU threads per cell (default: CPU cores / jobs)"
+    )
+    accuracy.add_argument(
+        "--recipe", type=Path, default=DEFAULT_RECIPE, help="recipes/cifar.py of a checkout"
+    )
+    _output_flags(accuracy)
+    return parser
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="folder for the JSON, Markdown and PNG results")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "torch": torch.__version__,
+    }
+
+
+# --- memory and speed ---------------------------------------------------------------------------
+
+
+def _steps(args: argparse.Namespace) -> list[StepMeasurement]:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    ks = args.num_modules or [None]
+    pairs = [(c, k) for c in args.configs for k in (ks if c != "e2e" else [None])]
+    models = [build(args.model, c, k, args.img_size, args.num_classes, device) for c, k in pairs]
+    x, y = example_batch(models[0], args.batch_size, args.img_size, device)
+    configs = [c for c, _ in pairs]
+    if args.command == "memory":
+        return [measure_memory(m, c, x, y) for c, m in zip(configs, models)]
+    return speed_measurements(configs, models, x, y, args.repetitions)
+
+
+def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table: str) -> None:
+    stem = f"{args.command}_{args.model}_bs{args.batch_size}"
+    record = {
+        "command": args.command,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "device": args.device,
+        **_environment(),
+        "results": [asdict(r) for r in results],
+    }
+    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    if args.no_plots or args.command != "memory" or not any(r.config == "e2e" for r in results):
+        return
+    from .plots import plot_memory, plot_memory_against_k
+
+    title = f"{args.model}, batch {args.batch_size}, {args.device}"
+    plot_memory(results, title, args.out / f"{stem}.png")
+    if len({r.num_modules for r in results if r.config != "e2e"}) > 1:
+        plot_memory_against_k(results, title, args.out / f"{stem}_vs_k.png")
+
+
+# --- accuracy -----------------------------------------------------------------------------------
+
+
+def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]:
+    if not args.recipe.is_file():
+        raise SystemExit(
+            f"no recipe at {args.recipe}: the accuracy grid trains through recipes/cifar.py of a "
+            "source checkout; pass --recipe PATH"
+        )
+    cells = parse_cells(args.cells, args.num_modules)
+    out = args.out or Path("results/accuracy")
+    preset = [] if args.preset == "none" else ["--preset", args.preset]
+    settings = GridSettings(
+        args.model,
+        args.dataset,
+        Path(os.path.relpath(args.recipe)),  # recorded in each run's command line
+        (*preset, *recipe_args),
+        out,
+        args.jobs,
+        args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+    )
+    start, done = time.perf_counter(), []
+
+    def report(cell: Cell, outcome: CellResult | Exception) -> None:
+        done.append(cell)
+        if isinstance(outcome, Exception):
+            status = f"FAILED: {outcome}"
+        else:
+            status = f"top-1 {outcome.top1:.2f} % in {outcome.wall_time_s / 60:.1f} min"
+        print(f"[{len(done)}/{len(cells)}] {cell.name}: {status}", flush=True)
+
+    print(f"training {len(cells)} cells into {out / 'runs'} ({args.jobs} at a time)", flush=True)
+    try:
+        results = run_grid(settings, cells, report)
+    except GridError as error:
+        raise SystemExit(f"error: {error}; rerun the same command to retry them") from None
+    paper = PAPER_CIFAR10_RESNET32 if args.model == "hpff_resnet32" else None
+    rows = summarize(results, paper)
+    table = accuracy_table(rows)
+    print(table)
+    elapsed = time.perf_counter() - start
+    record = {
+        "command": "accuracy",
+        "model": args.model,
+        "dataset": args.dataset,
+        "recipe_args": list(settings.recipe_args),
+        "jobs": args.jobs,
+        "threads": settings.threads,
+        "grid_wall_time_s": elapsed,
+        **_environment(),
+        "rows": [r.as_dict() for r in rows],
+        "cells": [asdict(r) for r in results],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(record, indent=2))
+    (out / "accuracy.md").write_text(table + "\n")
+    if not args.no_plots:
+        from .plots import plot_training_curves
+
+        title = f"{args.model} on {args.dataset}"
+        plot_training_curves(results, title, out / "accuracy_curves.png")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None):
+    """Run one subcommand; returns its measurements (memory, speed) or summary rows (accuracy)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, recipe_args = argv[:split], argv[split + 1 :]
+    args = _parser().parse_args(argv)
+    if args.command == "accuracy":
+        return _accuracy(args, recipe_args)
+    if recipe_args:
+        raise SystemExit(f"{args.command} takes no recipe flags after --")
+    results = _steps(args)
+    table = steps_table(args.command, results)
+    print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _write_steps(args, results, table)
+    return results

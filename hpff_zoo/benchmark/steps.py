@@ -1,0 +1,208 @@
+"""Peak memory and time of one training step, local configurations against E2E.
+
+A *configuration* names a local method and the HPFF plug-ins it uses: ``e2e``, ``infopro``,
+``infopro+hilo``, ``infopro+pff``, ``infopro+hpff`` (= HiLo + PFF), likewise for ``dgl``,
+``predsim`` and ``man``. Every configuration is built from the same model name and measured on
+the same batch; ratios are against the ``e2e`` configuration.
+
+Memory is reported in two parts, because they scale differently: the *step peak* (activations
+and temporaries, measured by :class:`~hpff_zoo.MemoryMeter`: what local learning reduces) and the
+*static* memory (weights, gradients and one SGD momentum buffer of the backbone and the auxiliary
+networks, counted exactly: what the auxiliaries add).
+
+Speed is measured by interleaving: each repetition times one step of every configuration in
+turn, so background load and clock drift hit all of them alike; the report gives the median and
+the min/max over repetitions, beside the FLOPs torch counts for one step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from ..local import METHODS, LocalModel
+from ..memory import step_peak_bytes
+from ..planner import static_bytes
+
+__all__ = [
+    "StepMeasurement",
+    "build",
+    "measure_flops",
+    "measure_memory",
+    "measure_speed",
+    "model_kwargs",
+    "steps_table",
+]
+
+DEFAULT_CONFIGS = ("e2e", "infopro", "infopro+hilo", "infopro+pff", "infopro+hpff")
+
+
+def model_kwargs(config: str) -> dict[str, object]:
+    """``timm.create_model`` keyword arguments for a configuration name such as ``dgl+hpff``."""
+    method, *plugins = config.split("+")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} in {config!r}; choose from {list(METHODS)}")
+    unknown = set(plugins) - {"hilo", "pff", "hpff"}
+    if unknown or (method == "e2e" and plugins):
+        raise ValueError(f"bad configuration {config!r}: plug-ins are hilo, pff or hpff")
+    hilo = "hilo" in plugins or "hpff" in plugins
+    pff = "pff" in plugins or "hpff" in plugins
+    return dict(method=method, hilo=2 if hilo else False, pff=2 if pff else 1)
+
+
+@dataclass(frozen=True)
+class StepMeasurement:
+    """One configuration at one K; unmeasured fields stay ``None``."""
+
+    config: str
+    num_modules: int
+    peak_mib: float | None = None
+    static_mib: float | None = None
+    step_seconds: float | None = None
+    step_seconds_min: float | None = None
+    step_seconds_max: float | None = None
+    gflops: float | None = None
+
+
+def build(
+    model_name: str,
+    config: str,
+    num_modules: int | None = None,
+    img_size: int | None = None,
+    num_classes: int = 10,
+    device: str | torch.device = "cpu",
+) -> LocalModel:
+    """The model of ``config`` (K = ``num_modules`` or the model's paper value)."""
+    kwargs = dict(num_classes=num_classes, **model_kwargs(config))
+    if num_modules is not None and config != "e2e":
+        kwargs["num_modules"] = num_modules
+    if img_size is not None and "vit" in model_name:
+        kwargs["img_size"] = img_size
+    return timm.create_model(model_name, **kwargs).to(device)
+
+
+def example_batch(model: LocalModel, batch_size: int, img_size: int | None, device):
+    """A fixed random batch at the model's input size (or ``img_size``)."""
+    channels, height, width = model.input_size
+    if img_size is not None:
+        height = width = img_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, channels, height, width, generator=generator).to(device)
+    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator).to(device)
+    return x, y
+
+
+def measure_memory(model: LocalModel, config: str, x, y) -> StepMeasurement:
+    return StepMeasurement(
+        config,
+        model.num_modules,
+        peak_mib=step_peak_bytes(model, x, y) / 2**20,
+        static_mib=static_bytes(model) / 2**20,
+    )
+
+
+class _FlopCounter(TorchDispatchMode):
+    """Sums torch's FLOP formulas over every operator run, backward passes included.
+
+    torch's FlopCounterMode also tracks modules through autograd hooks, which
+    ``torch.autograd.grad`` on leaf inputs (HiLo's input-gradient pass) does not support.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def measure_flops(model: LocalModel, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one ``local_step`` (forward, every backward, auxiliaries), counted by torch.
+
+    Hardware-independent, so it tells which part of a time ratio is arithmetic and which is
+    overhead (small kernels, Python) on the machine at hand.
+    """
+    model.train()
+    with _FlopCounter() as counter:
+        model.local_step(x, y)
+    return counter.total
+
+
+def measure_speed(
+    models: Sequence[LocalModel], x: torch.Tensor, y: torch.Tensor, repetitions: int = 10
+) -> list[list[float]]:
+    """Seconds per ``local_step`` of each model, interleaved, after one warm-up step each."""
+    for model in models:
+        model.train()
+        model.local_step(x, y)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repetitions):
+        for i, model in enumerate(models):
+            _synchronize(x.device)
+            start = time.perf_counter()
+            model.local_step(x, y)
+            _synchronize(x.device)
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def speed_measurements(
+    configs: Sequence[str], models: Sequence[LocalModel], x, y, repetitions: int
+) -> list[StepMeasurement]:
+    flops = [measure_flops(model, x, y) / 1e9 for model in models]
+    times = measure_speed(models, x, y, repetitions)
+    return [
+        StepMeasurement(c, m.num_modules, None, None, statistics.median(t), min(t), max(t), f)
+        for c, m, t, f in zip(configs, models, times, flops)
+    ]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _ratio(value: float | None, baseline: float | None) -> str:
+    return f"{value / baseline:.3f}" if value is not None and baseline else "-"
+
+
+def steps_table(command: str, results: Sequence[StepMeasurement]) -> str:
+    """Markdown table of a ``memory`` or ``speed`` run, with ratios against E2E."""
+    base = next((r for r in results if r.config == "e2e"), None)
+    if command == "memory":
+        lines = [
+            "| configuration | K | step peak MiB | / E2E | static MiB | peak + static / E2E |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            total = r.peak_mib + r.static_mib
+            base_total = base.peak_mib + base.static_mib if base else None
+            lines.append(
+                f"| {r.config} | {r.num_modules} | {r.peak_mib:.1f} | "
+                f"{_ratio(r.peak_mib, base and base.peak_mib)} | {r.static_mib:.1f} | "
+                f"{_ratio(total, base_total)} |"
+            )
+        return "\n".join(lines)
+    lines = [
+        "| configuration | K | s / step: median [min, max] | / E2E | GFLOP / step | / E2E |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.config} | {r.num_modules} | {r.step_seconds:.4f} [{r.step_seconds_min:.4f}, "
+            f"{r.step_seconds_max:.4f}] | {_ratio(r.step_seconds, base and base.step_seconds)} "
+            f"| {r.gflops:.2f} | {_ratio(r.gflops, base and base.gflops)} |"
+        )
+    return "\n".join(lines)
