@@ -14,6 +14,7 @@ from . import models  # noqa: F401  (registers the timm models)
 from .aux import AUX_METHODS, AuxNet, AuxSpec, register_aux
 from .local import METHODS, LocalModel, from_timm
 from .memory import MemoryMeter, MemoryReport
+from .parallel import ModuleParallel
 from .partition import Partition, partition_backbone, register_flattener
 from .planner import Plan, plan
 
@@ -27,6 +28,7 @@ __all__ = [
     "LocalModel",
     "MemoryMeter",
     "MemoryReport",
+    "ModuleParallel",
     "Partition",
     "Plan",
     "from_timm",

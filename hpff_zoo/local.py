@@ -330,28 +330,63 @@ class LocalModel(nn.Module):
 
 
 class _StreamedStep:
-    """State of one streamed local step (see the module docstring for the schedule)."""
+    """State of one streamed local step (see the module docstring for the schedule).
 
-    def __init__(self, model: LocalModel, x: Tensor, y: Tensor, backward: Backward) -> None:
+    ``modules`` restricts the step to a contiguous range of modules (a pipeline stage, see
+    :mod:`hpff_zoo.parallel`): :meth:`start` then takes the detached output of the module before
+    the range, and what HiLo cascades would carry back across the range's first module is kept
+    in :attr:`boundary`, by the number of modules it still has to reach; :meth:`finish` takes
+    the same from the next stage. Over the full range, ``run`` is ``start`` + ``finish``.
+    """
+
+    def __init__(
+        self,
+        model: LocalModel,
+        x: Tensor,
+        y: Tensor,
+        backward: Backward,
+        modules: range | None = None,
+    ) -> None:
         self.model, self.x, self.y, self.backward = model, x, y, backward
-        for group in model.aux.values():
-            for aux in group.values():
-                aux.before_step()
-        first_aux = model.aux["independent"]["module1"]
+        self.modules = modules if modules is not None else range(model.num_modules)
+        own_aux = [
+            group[f"module{j + 1}"]
+            for group in model.aux.values()
+            for j in self.modules
+            if f"module{j + 1}" in group
+        ]
+        for aux in own_aux:
+            aux.before_step()
+        first_aux = own_aux[0] if own_aux else None
         # The reconstruction target (if any), prepared once and cut into PFF patches per aux.
-        self.image = first_aux.prepare_image(x) if first_aux.needs_image else None
+        self.image = first_aux.prepare_image(x) if first_aux and first_aux.needs_image else None
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
         self.pending: dict[int, Tensor] = {}  # gradient collected for h_j so far
+        self.boundary: dict[int, Tensor] = {}  # reach left -> gradient for the previous stage
         self.losses: dict[str, Tensor] = {}
-        self.parameters = [list(model.module_parameters(j)) for j in range(model.num_modules)]
+        self.parameters = {j: list(model.module_parameters(j)) for j in self.modules}
 
     def run(self) -> dict[str, float]:
+        self.start(self.x)
+        self.finish()
+        return self.loss_values()
+
+    def loss_values(self) -> dict[str, float]:
+        return {name: value.item() for name, value in self.losses.items()}
+
+    def start(self, h: Tensor) -> Tensor:
+        """Forward and local backward of the range on ``h``; returns its last module's output.
+
+        Modules that a later window may still reach keep their graphs until :meth:`finish`.
+        """
         model, last = self.model, self.model.num_modules - 1
         w_ind, w_cas = model.hilo_weights if self.k > 1 else (1.0, 0.0)
-        h = self.x
-        for j in range(last):
+        for j in self.modules:
+            if j == last:
+                self.losses["head"] = self._head(last, h)
+                break
             h = self._forward(j, h)
             aux = model.aux
             g_ind, loss = model._aux_gradient(
@@ -367,10 +402,14 @@ class _StreamedStep:
                 loss = loss + w_cas * cascade_loss
             self.losses[f"module{j + 1}"] = loss
             self._release(j - self.k + 1)
-        self.losses["head"] = self._head(last, h)
-        for j in range(max(0, last - self.k + 1), last):
+        return h
+
+    def finish(self, downstream: dict[int, Tensor] | None = None) -> None:
+        """Carry the next stage's cascade gradients (by reach left) back, release every module."""
+        for reach, grad in (downstream or {}).items():
+            self._carry_back(self.modules[-1], grad, reach)
+        for j in sorted(self.outputs):
             self._release(j)
-        return {name: value.item() for name, value in self.losses.items()}
 
     def _forward(self, j: int, previous: Tensor) -> Tensor:
         # Module j's input needs a gradient only if a cascade will reach back through it.
@@ -383,11 +422,22 @@ class _StreamedStep:
         self.pending[j] = grad if j not in self.pending else self.pending[j] + grad
 
     def _carry_back(self, j: int, grad: Tensor, reach: int) -> None:
-        """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules."""
-        self._collect(j, grad)
-        for m in range(j, j - reach + 1, -1):
-            (grad,) = torch.autograd.grad(self.outputs[m], self.inputs[m], grad, retain_graph=True)
-            self._collect(m - 1, grad)
+        """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules.
+
+        What would pass back beyond the range's first module goes to :attr:`boundary`.
+        """
+        while reach > 0:
+            if j < self.modules.start:
+                previous = self.boundary.get(reach)
+                self.boundary[reach] = grad if previous is None else previous + grad
+                return
+            self._collect(j, grad)
+            reach -= 1
+            if reach:
+                (grad,) = torch.autograd.grad(
+                    self.outputs[j], self.inputs[j], grad, retain_graph=True
+                )
+                j -= 1
 
     def _head(self, last: int, previous: Tensor) -> Tensor:
         """Last module + the model's head loss, straight through ``backward``."""

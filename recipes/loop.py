@@ -152,6 +152,13 @@ def build_parser(description: str, defaults: dict[str, Any]) -> argparse.Argumen
           choices=("auto", "tensorboard", "none"), default="auto")
     _flag(run, "--log-every", "log training losses every N optimizer steps", type=int,
           default=10)
+    _flag(run, "--module-parallel", "train module-parallel over this many processes, one "
+          "pipeline stage each (launch as many with torchrun or accelerate launch); 0: off",
+          type=int, default=0)
+    _flag(run, "--micro-batches", "with --module-parallel: micro-batches each batch is cut "
+          "into and pipelined through the stages", type=int, default=4)
+    _flag(run, "--stage-timeout", "with --module-parallel: seconds a stage waits for another "
+          "before stopping with an error", type=float, default=300.0)
     _flag(run, "--push-to-hub", "after training, export to a Hub-ready folder (model card, "
           "safetensors) and upload it to this repository id (needs a token: huggingface-cli "
           "login); a --model given as a catalogue tag is published as that tag",
@@ -264,6 +271,17 @@ def create_local_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
     if args.model.split(".")[0] in hpff_zoo.models.HPFF_MODELS:
         return timm.create_model(args.model, **kwargs)
     return hpff_zoo.from_timm(args.model, **kwargs)
+
+
+def create_optimizer(args: argparse.Namespace, parameters) -> torch.optim.Optimizer:
+    """SGD with the optimisation flags."""
+    return torch.optim.SGD(
+        parameters,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov and args.momentum > 0,
+        weight_decay=args.weight_decay,
+    )
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -562,6 +580,10 @@ def _push(args, net: hpff_zoo.LocalModel, record: RunRecord) -> None:
 
 def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint, export; returns the last epoch's record."""
+    if args.module_parallel:
+        from module_parallel import train_module_parallel
+
+        return train_module_parallel(args, build_model)
     start = time.perf_counter()
     accelerator = _make_accelerator(args)
     set_seed(args.seed, deterministic=args.deterministic)
@@ -570,13 +592,7 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     model = build_model(args, data)
     data_config, train_set, train_loader, test_loader = _loaders(args, accelerator, data, model)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov and args.momentum > 0,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = create_optimizer(args, model.parameters())
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(args.warmup_epochs * steps_per_epoch))
