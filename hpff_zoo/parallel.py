@@ -55,7 +55,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from .benchmark.steps import _FlopCounter
+from .benchmark.steps import FlopCounter
 from .local import Backward, LocalModel, _default_backward, _StreamedStep
 from .partition import balanced_split
 
@@ -135,7 +135,7 @@ def module_step_flops(model: LocalModel, batch_size: int = 2) -> list[int]:
         h = x
         for j in range(model.num_modules):
             step = _StreamedStep(model, x, y, _default_backward, modules=range(j, j + 1))
-            with _FlopCounter() as counter:
+            with FlopCounter() as counter:
                 out = step.start(h)
                 last = j == model.num_modules - 1
                 step.finish(None if last else {r: torch.zeros_like(out) for r in range(1, k)})

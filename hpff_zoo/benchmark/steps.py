@@ -32,6 +32,7 @@ from ..memory import step_peak_bytes
 from ..planner import static_bytes
 
 __all__ = [
+    "FlopCounter",
     "StepMeasurement",
     "build",
     "measure_flops",
@@ -113,7 +114,7 @@ def measure_memory(model: LocalModel, config: str, x, y) -> StepMeasurement:
     )
 
 
-class _FlopCounter(TorchDispatchMode):
+class FlopCounter(TorchDispatchMode):
     """Sums torch's FLOP formulas over every operator run, backward passes included.
 
     torch's FlopCounterMode also tracks modules through autograd hooks, which
@@ -140,7 +141,7 @@ def measure_flops(model: LocalModel, x: torch.Tensor, y: torch.Tensor) -> int:
     overhead (small kernels, Python) on the machine at hand.
     """
     model.train()
-    with _FlopCounter() as counter:
+    with FlopCounter() as counter:
         model.local_step(x, y)
     return counter.total
 
