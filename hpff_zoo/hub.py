@@ -203,6 +203,8 @@ def export_model(
         facts = card_facts(model, name, record.dataset, hub_id)
         (staging / CARD_FILE).write_text(render_card(facts, record=record))
         record.save(staging / RECORD_FILE)
+        for path in (staging, *staging.iterdir()):  # mkdtemp's private modes are not wanted
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
