@@ -38,9 +38,7 @@ def plot_memory(results: Sequence[StepMeasurement], title: str, path: Path) -> P
     axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.set_xticks(list(positions), labels, fontsize=8)
     axis.set_ylabel("memory / E2E")
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    return _save(figure, path)
+    return _save(figure, axis, title, path)
 
 
 def plot_memory_against_k(results: Sequence[StepMeasurement], title: str, path: Path) -> Path:
@@ -59,9 +57,7 @@ def plot_memory_against_k(results: Sequence[StepMeasurement], title: str, path: 
     axis.set_yscale("log")
     axis.set_xlabel("K (gradient-isolated modules)")
     axis.set_ylabel("step peak memory / E2E")
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    return _save(figure, path)
+    return _save(figure, axis, title, path)
 
 
 def plot_training_curves(results: Sequence[CellResult], title: str, path: Path) -> Path:
@@ -86,12 +82,12 @@ def plot_training_curves(results: Sequence[CellResult], title: str, path: Path) 
     loss_axis.set_yscale("log")
     error_axis.set_xlabel("epoch")
     error_axis.set_ylabel("test error %")
-    error_axis.legend(fontsize=7, ncol=2)
+    return _save(figure, error_axis, title, path)
+
+
+def _save(figure, legend_axis, title: str, path: Path) -> Path:
+    legend_axis.legend(fontsize=8, ncol=2 if len(legend_axis.get_lines()) > 6 else 1)
     figure.suptitle(title)
-    return _save(figure, path)
-
-
-def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     figure.clf()
