@@ -32,7 +32,7 @@ all. One pipeline over the whole process group: S stages × D data-parallel repl
 supported, nor is MAN (its momentum copy reads the next module's weights, which may live on
 another stage).
 
-``python -m hpff_zoo.parallel bench`` measures throughput with S processes against one.
+``python -m hpff_zoo.benchmark parallel`` measures throughput with S processes against one.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
     "ModuleParallel",
     "StageError",
     "init_stages",
+    "measure_throughput",
     "module_step_flops",
     "run_stages",
     "stage_ranges",
@@ -491,8 +492,12 @@ def _bench_seconds(args: argparse.Namespace, pipelined: bool) -> float:
     return time.perf_counter() - start
 
 
-def _bench(args: argparse.Namespace) -> dict[str, float]:
-    """Images per second: one process with 1 and S threads, then S stage processes."""
+def measure_throughput(args: argparse.Namespace) -> dict[str, float]:
+    """Images per second: one process with 1 and S threads, then S stage processes.
+
+    ``args`` holds the flags of ``python -m hpff_zoo.benchmark parallel`` (model, method,
+    num_modules, hilo, pff, stages, batch_size, micro_batches, steps, warmup, timeout).
+    """
     images = args.batch_size * args.steps
     results: dict[str, float] = {}
     for threads in sorted({1, args.stages}):
@@ -501,44 +506,3 @@ def _bench(args: argparse.Namespace) -> dict[str, float]:
     seconds = run_stages(_bench_seconds, args.stages, (args, True), timeout=args.timeout)
     results[f"{args.stages} stages x 1 thread"] = images / max(seconds)
     return results
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m hpff_zoo.parallel",
-        description="Module-parallel training tools. `bench`: images/s of local_step in one "
-        "process against S pipelined stage processes (gloo, CPU), same model and batch.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="throughput of S stages against one process")
-    bench.add_argument(
-        "--model", default="hpff_resnet32", help="hpff_* model (default: %(default)s)"
-    )
-    bench.add_argument("--method", default="infopro", help="local method (default: %(default)s)")
-    bench.add_argument("--num-modules", type=int, default=4, help="K (default: %(default)s)")
-    bench.add_argument("--hilo", type=int, default=2, help="cascade size, 0: off (default: 2)")
-    bench.add_argument("--pff", type=int, default=2, help="PFF grid (default: %(default)s)")
-    bench.add_argument("--stages", type=int, default=2, help="S processes (default: 2)")
-    bench.add_argument("--batch-size", type=int, default=64, help="batch (default: 64)")
-    bench.add_argument("--micro-batches", type=int, default=4, help="M (default: 4)")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps (default: 10)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps (default: 2)")
-    bench.add_argument("--timeout", type=float, default=120.0, help="seconds (default: 120)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    args = _parse_args(argv)
-    results = _bench(args)
-    print(
-        f"{args.model} {args.method} K={args.num_modules} HiLo={args.hilo} PFF={args.pff}, "
-        f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps"
-    )
-    baseline = results["1 process x 1 thread(s)"]
-    for name, rate in results.items():
-        print(f"  {name:<26} {rate:8.1f} img/s  ({rate / baseline:.2f}x)")
-    return results
-
-
-if __name__ == "__main__":
-    main()

@@ -58,6 +58,15 @@ def test_accuracy_grid_trains_summarises_and_resumes(tmp_path):
     assert log.stat().st_size == size
 
 
+def test_parallel_command_times_stages_against_one_process():
+    argv = ["parallel", "--num-modules", "2", "--hilo", "0", "--batch-size", "8",
+            "--micro-batches", "2", "--steps", "1", "--timeout", "60"]  # fmt: skip
+    results = benchmark.main(argv)
+    assert list(results) == ["1 process x 1 thread(s)", "1 process x 2 thread(s)",
+                             "2 stages x 1 thread"]  # fmt: skip
+    assert all(rate > 0 for rate in results.values())
+
+
 def _result(config: str, k: int, seed: int, top1: float) -> CellResult:
     return CellResult(Cell(config, k, seed), top1, 60.0, 50, 100, "python recipes/cifar.py")
 

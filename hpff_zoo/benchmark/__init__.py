@@ -7,9 +7,11 @@ Usage::
         --num-modules 1,2,4,8,16,32,55 --out results/
     python -m hpff_zoo.benchmark speed --model hpff_resnet101 --batch-size 8 --img-size 224
     python -m hpff_zoo.benchmark accuracy --jobs 2 --out results/accuracy
+    python -m hpff_zoo.benchmark parallel --stages 2 --batch-size 256
 
 ``memory`` and ``speed`` measure single steps (:mod:`.steps`); ``accuracy`` trains a grid of
-configurations through ``recipes/cifar.py`` (:mod:`.accuracy`). Each writes JSON, a Markdown
+configurations through ``recipes/cifar.py`` (:mod:`.accuracy`); ``parallel`` times
+module-parallel training (:mod:`hpff_zoo.parallel`). Each writes JSON, a Markdown
 table and PNG plots (:mod:`.plots`) into ``--out``.
 """
 

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -93,6 +92,25 @@ def _parser() -> argparse.ArgumentParser:
             help="where to measure (default: %(default)s)",
         )
         _output_flags(sub)
+
+    parallel = commands.add_parser(
+        "parallel",
+        help="images/s of S pipelined stage processes against one process (gloo, CPU)",
+        description="Throughput of module-parallel training (hpff_zoo.ModuleParallel): one "
+        "process with 1 and S threads, then S stage processes with 1 thread each, same model "
+        "and batch.",
+    )
+    parallel.add_argument("--model", default="hpff_resnet32", help="hpff_* model")
+    parallel.add_argument("--method", default="infopro", help="local method")
+    parallel.add_argument("--num-modules", type=int, default=4, help="K (default: 4)")
+    parallel.add_argument("--hilo", type=int, default=2, help="cascade size, 0: off (default: 2)")
+    parallel.add_argument("--pff", type=int, default=2, help="PFF grid (default: 2)")
+    parallel.add_argument("--stages", type=int, default=2, help="S processes (default: 2)")
+    parallel.add_argument("--batch-size", type=int, default=256, help="batch (default: 256)")
+    parallel.add_argument("--micro-batches", type=int, default=4, help="M (default: 4)")
+    parallel.add_argument("--steps", type=int, default=4, help="timed steps (default: 4)")
+    parallel.add_argument("--warmup", type=int, default=1, help="untimed steps (default: 1)")
+    parallel.add_argument("--timeout", type=float, default=300.0, help="seconds (default: 300)")
 
     accuracy = commands.add_parser(
         "accuracy",
@@ -182,6 +200,23 @@ def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table
         plot_memory_against_k(results, title, args.out / f"{stem}_vs_k.png")
 
 
+# --- module-parallel throughput ------------------------------------------------------------------
+
+
+def _parallel(args: argparse.Namespace) -> dict[str, float]:
+    from ..parallel import measure_throughput
+
+    results = measure_throughput(args)
+    print(
+        f"{args.model} {args.method} K={args.num_modules} HiLo={args.hilo} PFF={args.pff}, "
+        f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps"
+    )
+    baseline = results["1 process x 1 thread(s)"]
+    for name, rate in results.items():
+        print(f"  {name:<26} {rate:8.1f} img/s  ({rate / baseline:.2f}x)")
+    return results
+
+
 # --- accuracy -----------------------------------------------------------------------------------
 
 
@@ -203,7 +238,7 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
         args.jobs,
         args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
     )
-    start, done = time.perf_counter(), []
+    done: list[Cell] = []
 
     def report(cell: Cell, outcome: CellResult | Exception) -> None:
         done.append(cell)
@@ -222,7 +257,6 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
     rows = summarize(results, paper)
     table = accuracy_table(rows)
     print(table)
-    elapsed = time.perf_counter() - start
     record = {
         "command": "accuracy",
         "model": args.model,
@@ -230,7 +264,6 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
         "recipe_args": list(settings.recipe_args),
         "jobs": args.jobs,
         "threads": settings.threads,
-        "grid_wall_time_s": elapsed,
         **_environment(),
         "rows": [r.as_dict() for r in rows],
         "cells": [asdict(r) for r in results],
@@ -258,6 +291,8 @@ def main(argv: Sequence[str] | None = None):
         return _accuracy(args, recipe_args)
     if recipe_args:
         raise SystemExit(f"{args.command} takes no recipe flags after --")
+    if args.command == "parallel":
+        return _parallel(args)
     results = _steps(args)
     table = steps_table(args.command, results)
     print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")

@@ -68,7 +68,7 @@ def plot_training_curves(results: Sequence[CellResult], title: str, path: Path) 
     for result in results:
         cell = result.cell
         label = cell.config if cell.config == "e2e" else f"{cell.config} K={cell.num_modules}"
-        colour = colours.setdefault(label, f"C{len(colours) % 10}")
+        colour = colours.setdefault(label, plt.cm.tab20(len(colours) % 20))
         style = dict(color=colour, alpha=0.9 if cell.seed == 0 else 0.5, linewidth=1)
         name = label if cell.seed == 0 else None
         if result.steps:
@@ -81,6 +81,7 @@ def plot_training_curves(results: Sequence[CellResult], title: str, path: Path) 
     loss_axis.set_ylabel("head training loss")
     loss_axis.set_yscale("log")
     error_axis.set_xlabel("epoch")
+    error_axis.xaxis.get_major_locator().set_params(integer=True)
     error_axis.set_ylabel("test error %")
     return _save(figure, error_axis, title, path)
 
