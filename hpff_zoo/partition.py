@@ -311,6 +311,11 @@ _register_builtin_flatteners()
 # --- costs -------------------------------------------------------------------------------------
 
 
+# Batch of the fake pass that partitions measure costs at: a training-mode BatchNorm needs more
+# than one value per channel, which a 1×1 final map (a ResNet at 28 px) only has from batch 2.
+COST_BATCH = 2
+
+
 def measure_costs(
     atoms: Sequence[Atom], backbone: nn.Module, input_size: Sequence[int], batch_size: int = 1
 ) -> list[AtomCost]:
@@ -456,8 +461,8 @@ def partition_backbone(
             what bounds the peak of local training), ``"flops"`` or ``"blocks"`` (equal counts).
         trace_size: ``(C, H, W)`` at which :func:`flatten` runs the backbone for real to find
             and verify the atoms (default ``input_size``). Costs are always measured at
-            ``input_size`` on fake tensors; a smaller trace saves minutes on CPU for
-            size-agnostic backbones at large inputs (a ResNet-101 at 512×1024).
+            ``input_size`` and batch :data:`COST_BATCH` on fake tensors; a smaller trace saves
+            minutes on CPU for size-agnostic backbones at large inputs (a ResNet-101 at 512×1024).
     """
     atoms = flatten(backbone, trace_size or input_size)
     if isinstance(num_modules, bool) or not isinstance(num_modules, int) or num_modules < 1:
@@ -467,7 +472,7 @@ def partition_backbone(
             f"num_modules={num_modules} exceeds the {len(atoms)} atoms of "
             f"{type(backbone).__name__}; use at most {len(atoms)}"
         )
-    costs = measure_costs(atoms, backbone, input_size)
+    costs = measure_costs(atoms, backbone, input_size, batch_size=COST_BATCH)
     if splits is not None:
         starts = _starts_from_splits(atoms, splits, num_modules)
     else:

@@ -10,7 +10,14 @@ import timm
 import torch
 from torch import nn
 
-from hpff_zoo.partition import balanced_split, flatten, measure_costs, partition_backbone
+import hpff_zoo
+from hpff_zoo.partition import (
+    COST_BATCH,
+    balanced_split,
+    flatten,
+    measure_costs,
+    partition_backbone,
+)
 
 # (timm name, input size, expected atom count): the paper's backbones and three other families.
 FAMILIES = [
@@ -50,7 +57,7 @@ def test_atoms_chain_to_forward_features_and_split_is_balanced(name, input_size,
 def test_flops_match_the_published_resnet101_figure():
     part = partition_backbone(timm.create_model("resnet101"), 4, (3, 224, 224))
     # ResNet-101 is 7.8 GMACs at 224 px; the counter reports FLOPs = 2 × MACs.
-    assert sum(c.flops for c in part.costs) == pytest.approx(2 * 7.8e9, rel=0.03)
+    assert sum(c.flops for c in part.costs) == pytest.approx(2 * 7.8e9 * COST_BATCH, rel=0.03)
 
 
 def test_paper_split_resnet32_k16_and_resnet110_k55_one_atom_per_module():
@@ -141,3 +148,11 @@ def test_unflattenable_model_is_a_clear_error():
         flatten(_NotAChain(), (3, 8, 8))
     with pytest.raises(ValueError, match="forward_features"):
         flatten(nn.Linear(3, 3), (3, 8, 8))
+
+
+def test_a_one_by_one_final_map_partitions_in_training_mode():
+    """resnet10t at 28 px ends on a 1×1 map: BatchNorm's batch statistics need batch ≥ 2."""
+    model = hpff_zoo.from_timm("resnet10t", num_modules=3, input_size=(3, 28, 28), num_classes=4)
+    assert model.partition.module_output_shape(2)[-2:] == (1, 1)
+    losses = model.local_step(torch.randn(2, 3, 28, 28), torch.tensor([0, 3]))
+    assert set(losses) == {"module1", "module2", "head"}
