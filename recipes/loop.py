@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hpff_zoo
+from hpff_zoo.benchmark.steps import example_batch
 from hpff_zoo.cards import RunRecord, describe_hardware
 from hpff_zoo.data import (
     DatasetError,
@@ -539,9 +540,15 @@ def _command_line(num_processes: int) -> str:
     return f"python {script}"
 
 
-def _run_record(args, run: _Run, data, record, x, y, wall_time: float) -> RunRecord:
-    """What this run measured, for ``run.json`` and the model card (see ``hpff_zoo.cards``)."""
+def _run_record(args, run: _Run, data, record, wall_time: float) -> RunRecord:
+    """What this run measured, for ``run.json`` and the model card (see ``hpff_zoo.cards``).
+
+    Peak memory depends on shapes only, so it is measured on a synthetic batch of the
+    per-process size rather than by drawing from the (distributed) train loader on one process.
+    """
     net, accelerator = run.net, run.accelerator
+    batch = args.batch_size // args.grad_accum // accelerator.num_processes
+    x, y = example_batch(net, batch, None, accelerator.device)
     peak, e2e_peak = peak_memory_against_e2e(net, x, y)
     notes = [f"peak step memory measured at the per-process batch of {x.shape[0]}"]
     if args.max_train_samples:
@@ -639,8 +646,7 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     if accelerator.is_main_process:
         save_backbone(run.net, output, data_config, data.label_names)
         (output / "run_args.json").write_text(json.dumps(_tracker_config(args), indent=2))
-        x, y = next(iter(train_loader))
-        run_record = _run_record(args, run, data, record, x, y, time.perf_counter() - start)
+        run_record = _run_record(args, run, data, record, time.perf_counter() - start)
         run_record.save(output / RECORD_FILE)
         if args.push_to_hub:
             _push(args, run.net, run_record)

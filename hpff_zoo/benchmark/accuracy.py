@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..models import TAGS
@@ -261,9 +261,6 @@ class Row:
     def method(self) -> str:
         return self.config.split("+")[0]
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[Row]:
     """Rows in first-appearance order; the gap HPFF closes is ``(err_m − err) / (err_m − err_e2e)``
@@ -294,7 +291,7 @@ def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[
         gap = alone.error_mean - e2e.error_mean if alone and e2e else 0.0
         if row.config != row.method and alone is not None and gap > 0:
             share = (alone.error_mean - row.error_mean) / gap
-            row = Row(**{**row.as_dict(), "closed_gap": share})
+            row = replace(row, closed_gap=share)
         closed.append(row)
     return closed
 

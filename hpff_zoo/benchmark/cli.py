@@ -265,7 +265,7 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
         "jobs": args.jobs,
         "threads": settings.threads,
         **_environment(),
-        "rows": [r.as_dict() for r in rows],
+        "rows": [asdict(r) for r in rows],
         "cells": [asdict(r) for r in results],
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ __all__ = [
     "FlopCounter",
     "StepMeasurement",
     "build",
+    "example_batch",
     "measure_flops",
     "measure_memory",
     "measure_speed",

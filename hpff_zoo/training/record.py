@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from ..local import LocalModel
 from ..memory import step_peak_bytes
@@ -19,8 +20,8 @@ from ..memory import step_peak_bytes
 __all__ = ["peak_memory_against_e2e"]
 
 
-def _fresh_copy(model: LocalModel) -> LocalModel:
-    twin = copy.deepcopy(model)
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    twin = copy.deepcopy(module)
     for parameter in twin.parameters():
         parameter.grad = None
     return twin
@@ -36,6 +37,6 @@ def peak_memory_against_e2e(model: LocalModel, x: torch.Tensor, y: torch.Tensor)
     if model.method == "e2e":
         return local, local
     e2e = LocalModel(
-        _fresh_copy(model).backbone, num_modules=1, method="e2e", input_size=model.input_size
+        _fresh_copy(model.backbone), num_modules=1, method="e2e", input_size=model.input_size
     )
     return local, step_peak_bytes(e2e, x, y)
