@@ -25,7 +25,9 @@ the independent auxiliary's own training to a crawl).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aux import AUX_METHODS, AuxNet, AuxSpec, build_aux
+from .aux.arch import AuxArch, resolve_aux_arch
+from .aux.base import PFF_SCOPES, LossPart
+from .aux.layers import cap_resolution
+from .measure import training_flops
 from .partition import Balance, Partition, partition_backbone
 from .patches import grid_slices
 
@@ -67,7 +73,15 @@ class LocalModel(nn.Module):
         hilo_weights: (independent, cascade) weights of the gradient the auxiliaries send into
             the backbone; defaults to the official code's (0.001, 0.999). Without HiLo the
             independent gradient is used unweighted.
-        aux_options: method-specific options passed to every auxiliary (see ``hpff_zoo.aux``).
+        aux_options: method-specific loss options passed to every auxiliary (InfoPro's
+            ``lambdas``, PredSim's ``beta``, MAN's ``momentum``).
+        aux: the auxiliary architecture: a preset name (``"paper"``: the official code's,
+            ``"cheap"``), a dict overriding fields of the method's paper architecture, or an
+            :class:`~hpff_zoo.aux.arch.AuxArch`.
+        aux_budget: if given, each auxiliary is shrunk (pooled to a smaller map, its decoder to a
+            smaller image) until its training FLOPs are at most this fraction of its module's.
+        pff_scope: which auxiliary losses see PFF patches: ``"decoder"`` (the reconstruction
+            and per-pixel losses, as the official HPFF code) or ``"all"`` (the classifiers too).
         input_size: ``(C, H, W)`` the partition costs are measured at; defaults to the
             backbone's ``pretrained_cfg``.
         trace_size: ``(C, H, W)`` the partitioner runs the backbone at to find its atoms
@@ -87,6 +101,9 @@ class LocalModel(nn.Module):
         aux_options: dict[str, Any] | None = None,
         input_size: Sequence[int] | None = None,
         trace_size: Sequence[int] | None = None,
+        aux: str | dict[str, Any] | AuxArch | None = "paper",
+        aux_budget: float | None = None,
+        pff_scope: str = "all",
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -96,6 +113,18 @@ class LocalModel(nn.Module):
         self.pff = _grid_size(pff)
         self.hilo_weights = tuple(float(w) for w in hilo_weights)
         self.aux_options = dict(aux_options or {})
+        self.aux_arch = resolve_aux_arch(method, aux)
+        if aux_budget is not None and not aux_budget > 0:
+            raise ValueError(f"aux_budget must be a positive fraction, got {aux_budget!r}")
+        self.aux_budget = aux_budget
+        if pff_scope not in PFF_SCOPES:
+            raise ValueError(f"pff_scope must be one of {PFF_SCOPES}, got {pff_scope!r}")
+        self.pff_scope = pff_scope
+        if (self.aux_arch.decoder_size or self.pff) < self.pff:
+            raise ValueError(
+                f"aux decoder_size={self.aux_arch.decoder_size} cannot be cut into pff="
+                f"{self.pff} x {self.pff} patches"
+            )
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         self.input_size = tuple(input_size or _default_input_size(backbone))
@@ -108,6 +137,7 @@ class LocalModel(nn.Module):
             trace_size=trace_size,
         )
         self._parameter_groups = self._group_parameters()
+        self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
         self.aux = self._build_aux()
 
     # --- structure --------------------------------------------------------------------------
@@ -178,17 +208,105 @@ class LocalModel(nn.Module):
                 next_block=next_atom.as_module(),
                 tokens=len(self.partition.module_output_shape(j)) == 3,
                 options=self.aux_options,
+                arch=self.aux_arch,
+                pff_scope=self.pff_scope,
+                hilo=self.cascade_size > 1,
             )
-            hilo = self.cascade_size > 1
-            aux["independent"][f"module{j + 1}"] = self._new_aux(replace(spec, hilo=hilo))
+            independent = spec
+            if spec.hilo and self.aux_arch.hilo_independent is not None:
+                independent = replace(spec, arch=self.aux_arch.hilo_independent)
+            aux["independent"][f"module{j + 1}"] = self._sized_aux(j, independent)
             if self._has_cascade_aux(j):
-                cascade = replace(spec, hilo=hilo, cascade=True)
-                aux["cascade"][f"module{j + 1}"] = self._new_aux(cascade)
+                aux["cascade"][f"module{j + 1}"] = self._sized_aux(j, replace(spec, cascade=True))
         return aux
 
     def _new_aux(self, spec: AuxSpec) -> AuxNet:
         """One auxiliary network of this model's method (a subclass may build other kinds)."""
         return build_aux(self.method, spec)
+
+    def _sized_aux(self, index: int, spec: AuxSpec) -> AuxNet:
+        """The auxiliary of ``spec``, made cheaper until it fits ``aux_budget`` of the module.
+
+        Walks down :meth:`AuxArch.cheaper` (smaller pooled map and decoder image, then fewer
+        layers) until the auxiliary's training FLOPs, counted on fake tensors as the module's
+        are, fit; a budget that even the cheapest auxiliary exceeds is an error, not a silent
+        overrun.
+        """
+        aux = self._new_aux(spec)
+        if self.aux_budget is None:
+            return aux
+        module_flops = self.module_training_flops(index)
+        sides = max(spec.size), max(self.input_size[1:]), self.pff
+        while (cost := self._cached_aux_flops(aux, spec, index)) > self.aux_budget * module_flops:
+            arch = spec.arch.cheaper(*sides)
+            if arch is None:
+                raise ValueError(
+                    f"aux_budget={self.aux_budget} is too small for module {index + 1}: its "
+                    f"cheapest {self.method} auxiliary costs {cost / module_flops:.3f} of the "
+                    "module's training FLOPs"
+                )
+            spec = replace(spec, arch=arch)
+            aux = self._new_aux(spec)
+        return aux
+
+    def module_training_flops(self, index: int, batch_size: int = 2) -> int:
+        """FLOPs of module ``index``'s forward and backward (weights and input) at this batch."""
+        shape = self.input_size if index == 0 else self.partition.module_output_shape(index - 1)[1:]
+        params = list(self.module_parameters(index))
+        with _eval_mode(self.backbone):  # same FLOPs; no fake update of BatchNorm statistics
+            return training_flops(
+                lambda u: self._run_module(index, u), (batch_size, *shape), params, like=params[0]
+            )
+
+    def _cached_aux_flops(self, aux: AuxNet, spec: AuxSpec, index: int) -> int:
+        """:meth:`aux_training_flops`, once per architecture and map: a ResNet stage repeats
+        the same module (and so the same auxiliary candidates) many times."""
+        key = (repr(aux), spec.arch, self._feature_map_size(index))
+        if key not in self._aux_flops:
+            self._aux_flops[key] = self.aux_training_flops(aux, index)
+        return self._aux_flops[key]
+
+    def aux_training_flops(self, aux: AuxNet, index: int, batch_size: int = 2) -> int:
+        """FLOPs of ``aux``'s forward and backward on module ``index``'s output, every patch.
+
+        Patches of equal shape cost the same, so each distinct shape is counted once.
+        """
+        channels, height, width = self._feature_map_size(index)
+        params = list(aux.parameters())
+        image_shape = (batch_size, *self.input_size)
+        if aux.needs_image:  # the target's size: pooling a one-image batch costs nothing
+            target = aux.prepare_image(torch.zeros(1, *self.input_size))
+            image_shape = (batch_size, *target.shape[1:])
+        shapes: Counter[tuple[LossPart, tuple[int, ...], tuple[int, ...]]] = Counter()
+        for part, n in self._aux_passes(aux):
+            cells = zip(grid_slices(height, width, n), grid_slices(*image_shape[-2:], n))
+            for (rows, cols), (image_rows, image_cols) in cells:
+                patch = (batch_size, channels, _span(rows), _span(cols))
+                image_patch = (*image_shape[:2], _span(image_rows), _span(image_cols))
+                shapes[part, patch, image_patch] += 1
+        total = 0
+        with _eval_mode(aux):
+            for (part, patch, image_patch), count in shapes.items():
+
+                def run(x: Tensor, part=part, image_patch=image_patch) -> Tensor:
+                    y = torch.zeros(batch_size, dtype=torch.long, device=x.device)
+                    image = torch.zeros(image_patch, device=x.device) if aux.needs_image else None
+                    return aux(x, y, image, part)
+
+                total += count * training_flops(run, patch, params)
+        return total
+
+    def _aux_passes(self, aux: AuxNet) -> list[tuple[LossPart, int]]:
+        """(losses, PFF grid) of each pass an auxiliary makes over a module's output."""
+        n = self.pff
+        if n == 1 or self.pff_scope == "all":
+            return [("all", n)]
+        passes: list[tuple[LossPart, int]] = []
+        if aux.global_parts:
+            passes.append(("global", 1))
+        if aux.dense_parts:
+            passes.append(("dense", n))
+        return passes
 
     def _has_cascade_aux(self, index: int) -> bool:
         """A cascade aux closes the window of k modules ending at ``index`` (not the last)."""
@@ -292,40 +410,58 @@ class LocalModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
 
-        Each patch is its own leaf tensor and its loss (divided by n², so the fused loss is the
-        patch average) is back-propagated before the next patch runs: the auxiliary's
-        activations, and the gradient of the patch, exist for one patch at a time. Patch
-        gradients are written into one map-sized buffer (slicing a shared leaf instead would
-        allocate a full-size gradient per patch). A dense target (``(B, H, W)`` label maps, as in
+        Work that belongs to the whole map is done once: if the auxiliary pools the map
+        (:meth:`AuxNet.map_side`), the map is pooled once and the patches are cut from the pooled
+        map (average pooling and tiling commute), so no full-resolution patch is ever copied.
+        Each patch is its own contiguous leaf tensor (a strided view would make every layer of
+        the auxiliary copy it) and its loss (divided by n², so the fused loss is the patch
+        average) is back-propagated before the next patch runs: the auxiliary's activations, and
+        the gradient of the patch, exist for one patch at a time. Patch gradients are written
+        into one buffer per source map; one autograd call carries them back through the pooling
+        (and a token layout) to ``h``. With ``pff_scope="decoder"`` the global losses make one
+        pass over the whole map first. A dense target (``(B, H, W)`` label maps, as in
         segmentation) is cut into the same n×n grid over its own height and width.
         """
         detached = h.detach().requires_grad_()
         feature = self._to_map(detached)
-        n = self.pff
-        image_patches = grid_slices(*image.shape[-2:], n) if image is not None else None
-        target_patches = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
         total = torch.zeros((), device=h.device)
-        grad_map = torch.zeros_like(feature) if n > 1 else None
-        for rows, cols in grid_slices(*feature.shape[-2:], n):
-            image_patch, target = None, y
-            if image_patches is not None:
-                image_rows, image_cols = next(image_patches)
-                image_patch = image[..., image_rows, image_cols]
-            if target_patches is not None:
-                target_rows, target_cols = next(target_patches)
-                target = y[..., target_rows, target_cols]
-            patch = feature[..., rows, cols].detach().requires_grad_()
-            loss = aux(patch, target, image_patch) / (n * n)
-            backward(loss)
-            total += loss.detach()
-            patch_grad = patch.grad if patch.grad is not None else torch.zeros_like(patch)
-            if grad_map is None:
-                grad_map = patch_grad
-            else:
-                grad_map[..., rows, cols] = patch_grad
-        if feature is detached:
-            return grad_map, total
-        (grad,) = torch.autograd.grad(feature, detached, grad_map)  # back to h's layout
+        sources: dict[int | None, tuple[Tensor, Tensor | None]] = {}  # side -> (map, its grad)
+        for part, n in self._aux_passes(aux):
+            side = aux.map_side(part)
+            source, grad = sources.get(side) or (cap_resolution(feature, side), None)
+            height, width = source.shape[-2:]
+            image_cells = grid_slices(*image.shape[-2:], n) if image is not None else None
+            target_cells = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
+            for rows, cols in grid_slices(height, width, n):
+                image_patch, target = None, y
+                if image_cells is not None:
+                    image_rows, image_cols = next(image_cells)
+                    image_patch = image[..., image_rows, image_cols]
+                if target_cells is not None:
+                    target_rows, target_cols = next(target_cells)
+                    target = y[..., target_rows, target_cols]
+                whole = n == 1
+                patch = source if whole else source[..., rows, cols].contiguous()
+                patch = patch.detach().requires_grad_()
+                loss = aux(patch, target, image_patch, part) / (n * n)
+                backward(loss)
+                total += loss.detach()
+                if patch.grad is None:
+                    continue
+                if grad is None and whole:
+                    grad = patch.grad
+                    continue
+                if grad is None:
+                    grad = torch.zeros_like(source)
+                grad[..., rows, cols] += patch.grad
+            sources[side] = (source, grad)
+        pairs = [(m, g) for m, g in sources.values() if g is not None]
+        if not pairs:
+            return torch.zeros_like(h), total
+        if len(pairs) == 1 and pairs[0][0] is detached:
+            return pairs[0][1], total
+        maps, grads = zip(*pairs)
+        (grad,) = torch.autograd.grad(maps, detached, grads)
         return grad, total
 
 
@@ -357,9 +493,8 @@ class _StreamedStep:
         ]
         for aux in own_aux:
             aux.before_step()
-        first_aux = own_aux[0] if own_aux else None
-        # The reconstruction target (if any), prepared once and cut into PFF patches per aux.
-        self.image = first_aux.prepare_image(x) if first_aux and first_aux.needs_image else None
+        # Reconstruction targets, prepared once per step per size and cut into patches per aux.
+        self.images: dict[Any, Tensor] = {}
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
@@ -389,20 +524,30 @@ class _StreamedStep:
                 break
             h = self._forward(j, h)
             aux = model.aux
+            independent = aux["independent"][f"module{j + 1}"]
             g_ind, loss = model._aux_gradient(
-                aux["independent"][f"module{j + 1}"], h, self.y, self.image, self.backward
+                independent, h, self.y, self._image_for(independent), self.backward
             )
-            self._collect(j, w_ind * g_ind)
+            self._collect(j, g_ind, w_ind)
             loss = w_ind * loss
             if model._has_cascade_aux(j):
+                cascade = aux["cascade"][f"module{j + 1}"]
                 g_cas, cascade_loss = model._aux_gradient(
-                    aux["cascade"][f"module{j + 1}"], h, self.y, self.image, self.backward
+                    cascade, h, self.y, self._image_for(cascade), self.backward
                 )
-                self._carry_back(j, w_cas * g_cas, self.k)
+                self._carry_back(j, g_cas.mul_(w_cas), self.k)
                 loss = loss + w_cas * cascade_loss
             self.losses[f"module{j + 1}"] = loss
             self._release(j - self.k + 1)
         return h
+
+    def _image_for(self, aux: AuxNet) -> Tensor | None:
+        if not aux.needs_image:
+            return None
+        key = aux.image_key
+        if key not in self.images:
+            self.images[key] = aux.prepare_image(self.x)
+        return self.images[key]
 
     def finish(self, downstream: dict[int, Tensor] | None = None) -> None:
         """Carry the next stage's cascade gradients (by reach left) back, release every module."""
@@ -418,8 +563,13 @@ class _StreamedStep:
         self.inputs[j], self.outputs[j] = u, h
         return h
 
-    def _collect(self, j: int, grad: Tensor) -> None:
-        self.pending[j] = grad if j not in self.pending else self.pending[j] + grad
+    def _collect(self, j: int, grad: Tensor, weight: float = 1.0) -> None:
+        """Add ``weight · grad`` to what module j's output has collected (in place after the
+        first: these are full-size maps, and a step makes several per module)."""
+        if j in self.pending:
+            self.pending[j].add_(grad, alpha=weight)
+        else:
+            self.pending[j] = grad if weight == 1.0 else grad * weight
 
     def _carry_back(self, j: int, grad: Tensor, reach: int) -> None:
         """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules.
@@ -458,6 +608,21 @@ class _StreamedStep:
         if params and h.requires_grad:
             torch.autograd.backward(h, grad, inputs=params)
         del self.inputs[j]
+
+
+def _span(s: slice) -> int:
+    return s.stop - s.start
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Temporarily in eval mode (cost counting must not move BatchNorm statistics)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _is_dense_target(y: Tensor) -> bool:
@@ -509,7 +674,10 @@ def from_timm(
             ``aux_options``, ``input_size``); everything else goes to ``timm.create_model``
             (``pretrained``, ``num_classes``, ``in_chans``, ...).
     """
-    local_keys = {"splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size"}
+    local_keys = {
+        "splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size", "aux",
+        "aux_budget", "pff_scope",
+    }  # fmt: skip
     local_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
     if isinstance(model_or_name, str):
         import timm

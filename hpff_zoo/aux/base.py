@@ -1,20 +1,38 @@
 """What every auxiliary network shares: its construction spec, its interface, and the registry.
 
 An auxiliary network turns one (patch of a) module's feature map into a scalar local loss. The
-training schedule in :mod:`hpff_zoo.local` only ever calls ``aux(feature, target, image)``, so a
-new local method is one file in this package that subclasses :class:`AuxNet` and registers
+training schedule in :mod:`hpff_zoo.local` only ever calls ``aux(feature, target, image, part)``,
+so a new local method is one file in this package that subclasses :class:`AuxNet` and registers
 itself with :func:`register_aux`.
+
+Its losses come in two kinds, because PFF may patch one and not the other: *global* losses
+predict one thing per image (a class), *dense* ones one thing per position (a reconstructed
+pixel, a per-pixel class). With ``pff_scope="decoder"`` (the official HPFF code) only dense
+losses see PFF patches and global ones see the whole map; with ``"all"`` both see patches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
-__all__ = ["AUX_METHODS", "AuxNet", "AuxSpec", "build_aux", "register_aux"]
+from .arch import AuxArch
+
+__all__ = [
+    "AUX_METHODS",
+    "PFF_SCOPES",
+    "AuxNet",
+    "AuxSpec",
+    "LossPart",
+    "build_aux",
+    "register_aux",
+]
+
+PFF_SCOPES = ("decoder", "all")
+LossPart = Literal["all", "global", "dense"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,8 @@ class AuxSpec:
             trained through the auxiliary), for methods that look ahead such as MAN.
         tokens: the module outputs a token sequence, seen by auxiliaries as a (B, C, h, w) grid.
         options: method-specific keyword options (e.g. ``{"beta": 0.99}`` for PredSim).
+        arch: the auxiliary architecture (see :mod:`hpff_zoo.aux.arch`).
+        pff_scope: which losses see PFF patches: ``"decoder"`` (dense losses only) or ``"all"``.
     """
 
     channels: int
@@ -52,22 +72,41 @@ class AuxSpec:
     next_block: nn.Module | None = field(default=None, repr=False, compare=False)
     tokens: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    arch: AuxArch = field(default_factory=AuxArch)
+    pff_scope: str = "all"
 
     @property
-    def patch_size(self) -> tuple[int, int]:
-        """Size of the (largest) PFF patch the auxiliary receives."""
-        return (-(-self.size[0] // self.grid), -(-self.size[1] // self.grid))
+    def global_grid(self) -> int:
+        """The PFF grid that global (image-level) losses see: 1 unless the scope is ``"all"``."""
+        return self.grid if self.pff_scope == "all" else 1
 
 
 class AuxNet(nn.Module):
-    """An auxiliary network: ``forward(feature, target, image) -> scalar loss``.
+    """An auxiliary network: ``forward(feature, target, image, part) -> scalar loss``.
 
-    ``feature`` is a ``(B, C, h, w)`` patch of a module's output, ``target`` the class labels and
-    ``image`` the matching region of ``prepare_image(input)``, passed only to subclasses that
-    set ``needs_image``.
+    ``feature`` is a ``(B, C, h, w)`` patch of a module's output, ``target`` the class labels (or
+    the matching patch of a label map) and ``image`` the matching region of
+    ``prepare_image(input)``, passed only to subclasses that set ``needs_image``. ``part`` asks
+    for the ``"global"`` losses, the ``"dense"`` ones or ``"all"``; :attr:`global_parts` and
+    :attr:`dense_parts` say which the network has.
     """
 
     needs_image: ClassVar[bool] = False
+    global_parts: bool = True
+    dense_parts: bool = False
+
+    @property
+    def image_key(self) -> Any:
+        """Auxiliaries with equal keys share one ``prepare_image`` result per step."""
+        return None
+
+    def map_side(self, part: LossPart) -> int | None:
+        """The side a module's whole map is average-pooled to before ``part``'s patches are cut.
+
+        The schedule pools once per map rather than once per patch (average pooling and tiling
+        commute); ``None``: the patches come from the map at its own resolution.
+        """
+        return None
 
     def before_step(self) -> None:
         """Called at the start of every local step, after the previous optimizer update."""
@@ -76,7 +115,13 @@ class AuxNet(nn.Module):
         """The image patches are cut from, computed once per step (e.g. a downsampled target)."""
         return x
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        feature: Tensor,
+        target: Tensor,
+        image: Tensor | None = None,
+        part: LossPart = "all",
+    ) -> Tensor:
         raise NotImplementedError
 
 

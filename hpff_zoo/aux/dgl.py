@@ -1,37 +1,47 @@
 """DGL auxiliary network (Belilovsky et al., "Decoupled Greedy Learning of CNNs", ICML 2020).
 
-DGL's ``cnn`` auxiliary problem: two 3×3 conv-BN-ReLU layers at the module's resolution, a 2×2
-average pool and a linear classifier, trained with cross-entropy. On CIFAR ResNets (16-64
-channels, ≤32×32 maps) this is DGL's own network; on wider and larger maps the width is capped at
-128 channels and the input pooled to at most 32×32 so the auxiliary stays cheap next to its
-module.
+DGL trains each module with a small classifier and cross-entropy. Its ``"paper"`` preset is DGL's
+``cnn`` auxiliary problem: two 3×3 conv-BN-ReLU layers at the module's resolution (width min(C,
+128), maps capped at 32×32 so 224-px backbones stay affordable), a 2×2 average pool and a linear
+classifier. The ``"cheap"`` preset follows DGL's own ``mlp-sr`` idea of pooling before computing.
+Any :class:`~hpff_zoo.aux.arch.AuxArch` applies.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import AuxNet, AuxSpec, register_aux
-from .layers import cap_resolution, conv_bn_relu
+from .base import AuxNet, AuxSpec, LossPart, register_aux
+from .layers import classifier
 
 MAX_WIDTH = 128
-MAX_RESOLUTION = 32
 
 
 @register_aux("dgl")
 class DGLAux(AuxNet):
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
-        width = min(spec.channels, MAX_WIDTH)
-        self.features = nn.Sequential(
-            cap_resolution(MAX_RESOLUTION),
-            conv_bn_relu(spec.channels, width),
-            conv_bn_relu(width, width),
-            nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(),
+        arch = spec.arch
+        self.pool = arch.pool
+        self.classifier = classifier(
+            spec.channels,
+            spec.size,
+            spec.num_classes,
+            arch,
+            spec.global_grid,
+            arch.width or min(spec.channels, MAX_WIDTH),
+            first_stride=lambda side: 1,
         )
-        self.classifier = nn.Linear(4 * width, spec.num_classes)
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
-        return F.cross_entropy(self.classifier(self.features(feature)), target)
+    def map_side(self, part: LossPart) -> int | None:
+        return self.pool
+
+    def forward(
+        self,
+        feature: Tensor,
+        target: Tensor,
+        image: Tensor | None = None,
+        part: LossPart = "all",
+    ) -> Tensor:
+        return F.cross_entropy(self.classifier(feature), target)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from .arch import AuxArch
 
 
 def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -13,22 +17,80 @@ def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 
     )
 
 
-def cap_resolution(max_size: int) -> nn.Module:
-    """Average-pool a feature map down to at most ``max_size`` on each side (no-op if smaller).
+def cap_resolution(x: Tensor, max_size: int | None) -> Tensor:
+    """``x`` average-pooled to at most ``max_size`` a side (as is if smaller or ``None``).
 
-    Auxiliary nets were designed for CIFAR's 32×32 maps; on 224-px backbones this keeps their
-    cost a small fraction of the module they supervise.
+    Exact multiples use ``avg_pool2d``, the same numbers as ``adaptive_avg_pool2d`` at about
+    two thirds of its time on CPU.
     """
-    return _CapResolution(max_size)
+    if max_size is None:
+        return x
+    h, w = x.shape[-2:]
+    if h <= max_size and w <= max_size:
+        return x
+    out = (min(h, max_size), min(w, max_size))
+    if h % out[0] == 0 and w % out[1] == 0:
+        kernel = (h // out[0], w // out[1])
+        return nn.functional.avg_pool2d(x, kernel, kernel)
+    return nn.functional.adaptive_avg_pool2d(x, out)
 
 
-class _CapResolution(nn.Module):
+class CapResolution(nn.Module):
+    """Average-pool a map down to at most ``max_size`` on each side (no-op if already smaller).
+
+    Pooling first is what makes a cheap auxiliary cheap (DGL's MLP-SR idea): every layer after
+    it runs on ``max_size``² positions whatever the module's resolution.
+    """
+
     def __init__(self, max_size: int) -> None:
         super().__init__()
         self.max_size = max_size
 
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        if h <= self.max_size and w <= self.max_size:
-            return x
-        return nn.functional.adaptive_avg_pool2d(x, (min(h, self.max_size), min(w, self.max_size)))
+    def extra_repr(self) -> str:
+        return f"max_size={self.max_size}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cap_resolution(x, self.max_size)
+
+
+def patch_pool(arch: AuxArch, grid: int) -> int | None:
+    """The side a patch of an n×n grid is pooled to, so the whole map is pooled to ``arch.pool``."""
+    return None if arch.pool is None else max(1, -(-arch.pool // grid))
+
+
+def classifier(
+    channels: int,
+    size: tuple[int, int],
+    num_classes: int,
+    arch: AuxArch,
+    grid: int,
+    width: int,
+    first_stride: Callable[[int], int],
+) -> nn.Sequential:
+    """An image-level classifier head built from ``arch`` (InfoPro's ``NcMf``, DGL's ``cnn``).
+
+    Args:
+        channels, size: the module's whole feature map (C, (H, W)).
+        grid: the PFF grid the classifier's input is cut into (1: the whole map).
+        width: conv channels (the method's rule when ``arch.width`` is ``None``).
+        first_stride: stride of the first conv given the whole map's (pooled) side; a rule of
+            the whole map, so a patch costs its share of the whole map's FLOPs, no more.
+    """
+    layers: list[nn.Module] = []
+    side = min(size)
+    pool = patch_pool(arch, grid)
+    if pool is not None:
+        layers.append(CapResolution(pool))
+        side = min(side, arch.pool)
+    in_chs = channels
+    for i in range(arch.convs):
+        stride = first_stride(side) if i == 0 else 1
+        layers.append(conv_bn_relu(in_chs, width, arch.kernel, stride))
+        in_chs = width
+    layers += [nn.AdaptiveAvgPool2d(arch.head_pool), nn.Flatten()]
+    features = in_chs * arch.head_pool**2
+    for _ in range(arch.fcs - 1):
+        layers += [nn.Linear(features, arch.hidden), nn.ReLU(inplace=True)]
+        features = arch.hidden
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)

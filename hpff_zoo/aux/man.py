@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from .base import AuxNet, AuxSpec, register_aux
+from .base import AuxNet, AuxSpec, LossPart, register_aux
 from .infopro import InfoProAux
 
 DEFAULT_MOMENTUM = 0.995
@@ -32,7 +32,16 @@ DEFAULT_MOMENTUM = 0.995
 
 @register_aux("man")
 class MANAux(AuxNet):
+    """MAN's look-ahead auxiliary.
+
+    Its whole loss counts as dense: both branches run on the look-ahead blocks' output, so
+    running the blocks once per PFF patch (and never on the whole map) keeps their memory at a
+    patch's whatever the PFF scope.
+    """
+
     needs_image = True
+    global_parts = False
+    dense_parts = True
 
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
@@ -48,7 +57,13 @@ class MANAux(AuxNet):
         self.bias_block = copy.deepcopy(spec.next_block).requires_grad_(True)
         channels, height, width = self._output_shape(spec)
         self.head = InfoProAux(
-            replace(spec, channels=channels, size=(height, width), grid=1, next_block=None)
+            replace(
+                spec,
+                channels=channels,
+                size=(height, width),
+                pff_scope="all",  # the head sees whatever the look-ahead blocks saw
+                next_block=None,
+            )
         )
 
     def _output_shape(self, spec: AuxSpec) -> tuple[int, int, int]:
@@ -66,10 +81,20 @@ class MANAux(AuxNet):
         out = block(feature.flatten(2).transpose(1, 2))
         return out.transpose(1, 2).reshape(b, out.shape[-1], h, w)
 
+    @property
+    def image_key(self) -> int:
+        return self.head.image_key
+
     def prepare_image(self, x: Tensor) -> Tensor:
         return self.head.prepare_image(x)
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        feature: Tensor,
+        target: Tensor,
+        image: Tensor | None = None,
+        part: LossPart = "all",
+    ) -> Tensor:
         z = self._through(self.bias_block, feature) + self._through(self.momentum_block, feature)
         return self.head(z, target, image)
 

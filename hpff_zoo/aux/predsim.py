@@ -7,16 +7,22 @@ matching* loss (mean squared error between the batch's cosine-similarity matrix 
 the features and that of the one-hot labels). ``loss = (1 - β) · pred + β · sim`` with β = 0.99,
 as in the original code. Features enter the similarity matrix as their per-channel spatial
 standard deviation, centred and L2-normalised per sample, as the original does.
+
+Of an :class:`~hpff_zoo.aux.arch.AuxArch` PredSim reads ``pool`` (both branches see the map
+pooled to it), and ``convs``, ``width`` and ``kernel`` for the similarity branch's convolutions
+(the ``"paper"`` preset: one 3×3 conv at C channels).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AuxNet, AuxSpec, register_aux
+from .base import AuxNet, AuxSpec, LossPart, register_aux
+from .layers import CapResolution, patch_pool
 
 DEFAULT_BETA = 0.99
 MAX_PREDICTION_INPUTS = 4096
@@ -38,16 +44,39 @@ class PredSimAux(AuxNet):
         super().__init__()
         self.beta = spec.options.get("beta", DEFAULT_BETA)
         self.num_classes = spec.num_classes
-        h, w = spec.patch_size
+        arch, grid = spec.arch, spec.global_grid
+        pool = patch_pool(arch, grid)
+        self.pool = arch.pool
+        self.reduce = CapResolution(pool) if pool is not None else nn.Identity()
+        h, w = (-(-side // grid) for side in spec.size)
+        if pool is not None:
+            h, w = min(h, pool), min(w, pool)
         # Pool by the smallest factor that brings C·h·w down to the 4096-input budget.
         factor = math.ceil(math.sqrt(spec.channels * h * w / MAX_PREDICTION_INPUTS))
         self.pool_size = (max(1, h // max(1, factor)), max(1, w // max(1, factor)))
         self.predict = nn.Linear(
             spec.channels * self.pool_size[0] * self.pool_size[1], spec.num_classes
         )
-        self.similarity = nn.Conv2d(spec.channels, spec.channels, 3, padding=1, bias=False)
+        width = arch.width or spec.channels
+        channels = [spec.channels] + [width] * arch.convs
+        self.similarity = nn.Sequential(
+            *(
+                nn.Conv2d(c_in, c_out, arch.kernel, padding=arch.kernel // 2, bias=False)
+                for c_in, c_out in itertools.pairwise(channels)
+            )
+        )
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
+    def map_side(self, part: LossPart) -> int | None:
+        return self.pool
+
+    def forward(
+        self,
+        feature: Tensor,
+        target: Tensor,
+        image: Tensor | None = None,
+        part: LossPart = "all",
+    ) -> Tensor:
+        feature = self.reduce(feature)
         pooled = F.adaptive_avg_pool2d(feature, self.pool_size).flatten(1)
         prediction = F.cross_entropy(self.predict(pooled), target)
         one_hot = F.one_hot(target, self.num_classes).to(feature.dtype)

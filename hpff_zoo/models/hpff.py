@@ -42,7 +42,7 @@ HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 HPFF_DEFAULTS = dict(hilo=2, pff=2)
 LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
-    "input_size", "trace_size",
+    "input_size", "trace_size", "aux", "aux_budget", "pff_scope",
 )  # fmt: skip
 FEATURE_KWARGS = ("out_indices", "feature_cls")
 _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..aux import AuxNet, AuxSpec
+from ..aux.base import LossPart
 from ..aux.infopro import InfoProAux
 from ..aux.layers import conv_bn_relu
 
@@ -39,7 +40,7 @@ class PixelClassifier(nn.Module):
 
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
-        width = min(spec.channels, MAX_WIDTH)
+        width = spec.arch.width or min(spec.channels, MAX_WIDTH)
         self.features = conv_bn_relu(spec.channels, width)
         self.dropout = nn.Dropout2d(DROPOUT)
         self.classifier = nn.Conv2d(width, spec.num_classes, 1)
@@ -51,16 +52,27 @@ class PixelClassifier(nn.Module):
 
 
 class PixelDGLAux(AuxNet):
+    global_parts = False
+    dense_parts = True
+
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
         self.classifier = PixelClassifier(spec)
 
-    def forward(self, feature: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        feature: Tensor,
+        target: Tensor,
+        image: Tensor | None = None,
+        part: LossPart = "all",
+    ) -> Tensor:
         return self.classifier(feature, target)
 
 
 class PixelInfoProAux(InfoProAux):
     """The core's InfoPro auxiliary with its classifier replaced by :class:`PixelClassifier`."""
+
+    dense_classifier = True
 
     def make_classifier(self, spec: AuxSpec) -> nn.Module:
         return PixelClassifier(spec)
