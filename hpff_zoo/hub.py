@@ -88,6 +88,9 @@ def local_model_args(model: LocalModel) -> dict[str, Any]:
         splits=list(model.partition.starts[1:]),
         hilo_weights=list(model.hilo_weights),
         aux_options=model.aux_options,
+        aux=model.aux_arch.to_dict(),
+        aux_budget=model.aux_budget,
+        pff_scope=model.pff_scope,
         input_size=list(model.input_size),
         in_chans=model.input_size[0],
     )

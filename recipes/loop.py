@@ -109,6 +109,12 @@ def build_parser(description: str, defaults: dict[str, Any]) -> argparse.Argumen
           "value, 4 for other timm models)", type=int)
     _flag(model, "--hilo", "HiLo cascade size; 0 turns HiLo off", type=int, default=2)
     _flag(model, "--pff", "PFF patch grid n (n×n); 1 turns PFF off", type=int, default=2)
+    _flag(model, "--aux", "auxiliary architecture preset: paper (the official code's) or cheap "
+          "(default: the model's)", choices=("paper", "cheap"))
+    _flag(model, "--aux-budget", "shrink each auxiliary until its training FLOPs are at most "
+          "this fraction of its module's (default: the model's)", type=float)
+    _flag(model, "--pff-scope", "which auxiliary losses see PFF patches: decoder (as the official "
+          "code) or all (default: the model's)", choices=("decoder", "all"))
     _flag(model, "--balance", "cost the automatic module split balances",
           choices=("memory", "flops", "blocks"), default="memory")
     _flag(model, "--memory-budget", "peak training memory per device, e.g. 4GB or 6GiB: the "
@@ -222,6 +228,9 @@ def local_model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.num_modules:
         kwargs["num_modules"] = args.num_modules
+    for key in ("aux", "aux_budget", "pff_scope"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     return kwargs
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["AUX_PRESETS", "AuxArch", "resolve_aux_arch"]
+__all__ = ["AUX_PRESETS", "AUX_PRESET_NAMES", "AuxArch", "resolve_aux_arch"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,9 @@ AUX_PRESETS: dict[str, dict[str, AuxArch]] = {
         "cheap": AuxArch(pool=8, convs=1, fcs=1, hilo_independent=_LINEAR_PROBE),
     },
 }
+
+
+AUX_PRESET_NAMES = ("paper", "cheap")
 
 
 def resolve_aux_arch(method: str, aux: str | AuxArch | dict[str, Any] | None) -> AuxArch:

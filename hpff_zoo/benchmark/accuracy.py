@@ -100,6 +100,9 @@ class Cell:
         if self.config != "e2e":
             flags += ["--num-modules", str(self.num_modules)]
             flags += ["--hilo", str(int(kwargs["hilo"])), "--pff", str(kwargs["pff"])]
+        for key in ("aux", "aux_budget", "pff_scope"):
+            if key in kwargs:
+                flags += [f"--{key.replace('_', '-')}", str(kwargs[key])]
         return flags
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import timm
 import torch
 
+from ..aux.arch import AUX_PRESET_NAMES
+from ..aux.base import PFF_SCOPES
 from ..local import METHODS, LocalModel
 from ..measure import step_flops, step_peak_bytes
 from ..planner import static_bytes
@@ -43,7 +45,13 @@ DEFAULT_CONFIGS = ("e2e", "infopro", "infopro+hilo", "infopro+pff", "infopro+hpf
 
 
 def model_kwargs(config: str) -> dict[str, object]:
-    """``timm.create_model`` keyword arguments for a configuration name such as ``dgl+hpff``."""
+    """``timm.create_model`` keyword arguments for a configuration name such as ``dgl+hpff``.
+
+    A configuration is ``method[+plug-in...][:option...]``; options set the auxiliaries: an aux
+    preset (``paper``, ``cheap``), a PFF scope (``decoder``, ``all``) or an aux budget (a
+    number), e.g. ``infopro+hpff:cheap:0.1:decoder``. Unset options keep the model's defaults.
+    """
+    config, *options = config.split(":")
     method, *plugins = config.split("+")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} in {config!r}; choose from {list(METHODS)}")
@@ -52,7 +60,24 @@ def model_kwargs(config: str) -> dict[str, object]:
         raise ValueError(f"bad configuration {config!r}: plug-ins are hilo, pff or hpff")
     hilo = "hilo" in plugins or "hpff" in plugins
     pff = "pff" in plugins or "hpff" in plugins
-    return dict(method=method, hilo=2 if hilo else False, pff=2 if pff else 1)
+    kwargs: dict[str, object] = dict(method=method, hilo=2 if hilo else False, pff=2 if pff else 1)
+    for option in options:
+        if option in AUX_PRESET_NAMES:
+            kwargs["aux"] = option
+        elif option in PFF_SCOPES:
+            kwargs["pff_scope"] = option
+        else:
+            try:
+                kwargs["aux_budget"] = float(option)
+            except ValueError:
+                raise ValueError(
+                    f"bad option {option!r} in {config!r}: an aux preset "
+                    f"({', '.join(AUX_PRESET_NAMES)}), a PFF scope ({', '.join(PFF_SCOPES)}) "
+                    "or an aux budget (a number)"
+                ) from None
+    if method == "e2e" and options:
+        raise ValueError(f"bad configuration {config!r}: E2E has no auxiliaries to set")
+    return kwargs
 
 
 @dataclass(frozen=True)
