@@ -428,6 +428,8 @@ class LocalModel(nn.Module):
         sources: dict[int | None, tuple[Tensor, Tensor | None]] = {}  # side -> (map, its grad)
         for part, n in self._aux_passes(aux):
             side = aux.map_side(part)
+            if side is not None:  # a pooled map still needs a cell per patch (the auxiliary
+                side = max(side, n)  # then pools each patch further itself)
             source, grad = sources.get(side) or (cap_resolution(feature, side), None)
             height, width = source.shape[-2:]
             image_cells = grid_slices(*image.shape[-2:], n) if image is not None else None
