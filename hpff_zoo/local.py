@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_heap
 from .aux import AUX_METHODS, AuxNet, AuxSpec, build_aux
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES, LossPart
@@ -87,6 +88,11 @@ class LocalModel(nn.Module):
         trace_size: ``(C, H, W)`` the partitioner runs the backbone at to find its atoms
             (default ``input_size``; see :func:`hpff_zoo.partition.partition_backbone`).
     """
+
+    # On CPU, hand the heap's free pages back to the OS after each module's graph is freed, so
+    # the process's resident memory shows the saving (see hpff_zoo.cpu_heap); set it False
+    # on the class or a model to keep glibc's default (faster steps, higher resident memory).
+    trim_cpu_heap: bool = True
 
     def __init__(
         self,
@@ -610,6 +616,9 @@ class _StreamedStep:
         if params and h.requires_grad:
             torch.autograd.backward(h, grad, inputs=params)
         del self.inputs[j]
+        if self.model.trim_cpu_heap and h.device.type == "cpu":
+            del h, grad  # the module's last references: its activations are free now
+            cpu_heap.trim()
 
 
 def _span(s: slice) -> int:

@@ -22,17 +22,33 @@ def batch(size: int = 8, channels: int = 3, resolution: int = 32, classes: int =
 
 
 def patched_loss(model, aux, h, y, x):
-    """The PFF loss in one graph: the average of the auxiliary's loss over the n×n patches."""
+    """The PFF loss in one graph: the average of the auxiliary's loss over the n×n patches of
+    the full-resolution map (each patch pooled by the auxiliary itself).
+
+    With ``pff_scope="decoder"`` only the dense losses are patched; the global ones see the
+    whole map.
+    """
     feature = model._to_map(h)
     n = model.pff
     prepared = aux.prepare_image(x)
+    if n == 1 or model.pff_scope == "all":
+        return _patch_average(aux, feature, y, prepared, n, "all")
+    total = 0
+    if aux.global_parts:
+        total = total + _patch_average(aux, feature, y, prepared, 1, "global")
+    if aux.dense_parts:
+        total = total + _patch_average(aux, feature, y, prepared, n, "dense")
+    return total
+
+
+def _patch_average(aux, feature, y, prepared, n, part):
     image_slices = list(grid_slices(*prepared.shape[-2:], n))
     label_slices = list(grid_slices(*y.shape[-2:], n)) if y.dim() >= 3 else None  # label maps
     total = 0
     for i, (rows, cols) in enumerate(grid_slices(*feature.shape[-2:], n)):
         image = prepared[..., image_slices[i][0], image_slices[i][1]] if aux.needs_image else None
         target = y if label_slices is None else y[..., label_slices[i][0], label_slices[i][1]]
-        total = total + aux(feature[..., rows, cols], target, image) / (n * n)
+        total = total + aux(feature[..., rows, cols], target, image, part) / (n * n)
     return total
 
 

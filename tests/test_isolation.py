@@ -43,6 +43,21 @@ def test_hilo_cascade_reaches_exactly_its_window(method, hilo):
     _assert_step_matches_reference(model)
 
 
+@pytest.mark.parametrize("method", ["dgl", "infopro", "predsim", "man"])
+@pytest.mark.parametrize("aux", ["paper", "cheap"])
+@pytest.mark.parametrize("scope", ["decoder", "all"])
+def test_aux_presets_and_pff_scopes_keep_the_reference_gradients(method, aux, scope):
+    """Pooling the map once, contiguous patches and the decoder-only scope change no gradient:
+    the step equals the one-graph reference that patches the full-resolution map."""
+    model = _small_model(method, hilo=2, pff=2, aux=aux, pff_scope=scope, hilo_weights=(0.5, 0.5))
+    _assert_step_matches_reference(model)
+
+
+def test_budget_sized_auxiliaries_keep_the_reference_gradients():
+    model = _small_model("infopro", hilo=2, pff=2, aux_budget=0.05, hilo_weights=(0.5, 0.5))
+    _assert_step_matches_reference(model)
+
+
 def test_hilo_cascade_changes_earlier_modules_only_within_the_window():
     """Perturb one cascade auxiliary: only the k modules of its window see different gradients."""
     x, y = batch(6)

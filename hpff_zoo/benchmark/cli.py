@@ -34,6 +34,7 @@ from .steps import (
     example_batch,
     measure_memory,
     model_kwargs,
+    rss_growth_bytes,
     speed_measurements,
     steps_table,
 )
@@ -58,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hpff_zoo.benchmark",
         description="Measure peak training memory, step time and test accuracy of local "
-        "learning configurations against E2E. Configurations: e2e, or a method (dgl, infopro, "
-        "predsim, man) with optional plug-ins +hilo, +pff or +hpff (= HiLo + PFF).",
+        "learning configurations against E2E. Configurations: e2e (+ckpt: with activation "
+        "checkpointing), or a method (dgl, infopro, predsim, man) with optional plug-ins +hilo, "
+        "+pff or +hpff (= HiLo + PFF) and auxiliary options :paper or :cheap (preset), "
+        ":decoder or :all (PFF scope), :0.1 (aux budget), e.g. infopro+hpff:cheap:0.1.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help in (
@@ -72,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
             "--configs",
             default=",".join(DEFAULT_CONFIGS),
             type=_config_list,
-            help="comma-separated configurations, e.g. e2e,dgl,dgl+hpff (default: %(default)s)",
+            help="comma-separated configurations, e.g. e2e,e2e+ckpt,dgl,dgl+hpff:cheap:0.1 "
+            "(default: %(default)s)",
         )
         sub.add_argument(
             "--num-modules",
@@ -86,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--repetitions", type=int, default=10, help="timed steps per configuration (speed)"
         )
+        if name == "memory":
+            sub.add_argument(
+                "--rss",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="also measure each configuration's process RSS growth over 2 steps in a "
+                "fresh process (CPU on Linux; default: on)",
+            )
         sub.add_argument(
             "--device",
             default="cuda" if torch.cuda.is_available() else "cpu",
@@ -173,7 +185,13 @@ def _steps(args: argparse.Namespace) -> list[StepMeasurement]:
     x, y = example_batch(models[0], args.batch_size, args.img_size, device)
     configs = [c for c, _ in pairs]
     if args.command == "memory":
-        return [measure_memory(m, c, x, y) for c, m in zip(configs, models)]
+        rss = [
+            rss_growth_bytes(args.model, c, k, args.img_size, args.num_classes, args.batch_size)
+            if device.type == "cpu" and args.rss
+            else None
+            for c, k in pairs
+        ]
+        return [measure_memory(m, c, x, y, r) for c, m, r in zip(configs, models, rss)]
     return speed_measurements(configs, models, x, y, args.repetitions)
 
 

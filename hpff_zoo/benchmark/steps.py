@@ -17,6 +17,8 @@ the min/max over repetitions, beside the FLOPs torch counts for one step.
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import statistics
 import time
 from collections.abc import Sequence
@@ -28,7 +30,7 @@ import torch
 from ..aux.arch import AUX_PRESET_NAMES
 from ..aux.base import PFF_SCOPES
 from ..local import METHODS, LocalModel
-from ..measure import step_flops, step_peak_bytes
+from ..measure import MemoryMeter, step_flops, step_peak_bytes
 from ..planner import static_bytes
 
 __all__ = [
@@ -55,9 +57,13 @@ def model_kwargs(config: str) -> dict[str, object]:
     method, *plugins = config.split("+")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} in {config!r}; choose from {list(METHODS)}")
-    unknown = set(plugins) - {"hilo", "pff", "hpff"}
-    if unknown or (method == "e2e" and plugins):
-        raise ValueError(f"bad configuration {config!r}: plug-ins are hilo, pff or hpff")
+    unknown = set(plugins) - {"hilo", "pff", "hpff", "ckpt"}
+    local_plugins = set(plugins) - {"ckpt"}
+    if unknown or (method == "e2e" and local_plugins) or ("ckpt" in plugins and method != "e2e"):
+        raise ValueError(
+            f"bad configuration {config!r}: plug-ins are hilo, pff or hpff for local methods, "
+            "ckpt (activation checkpointing) for e2e"
+        )
     hilo = "hilo" in plugins or "hpff" in plugins
     pff = "pff" in plugins or "hpff" in plugins
     kwargs: dict[str, object] = dict(method=method, hilo=2 if hilo else False, pff=2 if pff else 1)
@@ -88,6 +94,7 @@ class StepMeasurement:
     num_modules: int
     peak_mib: float | None = None
     static_mib: float | None = None
+    rss_mib: float | None = None
     step_seconds: float | None = None
     step_seconds_min: float | None = None
     step_seconds_max: float | None = None
@@ -104,11 +111,14 @@ def build(
 ) -> LocalModel:
     """The model of ``config`` (K = ``num_modules`` or the model's paper value)."""
     kwargs = dict(num_classes=num_classes, **model_kwargs(config))
-    if num_modules is not None and config != "e2e":
+    if num_modules is not None and not config.startswith("e2e"):
         kwargs["num_modules"] = num_modules
     if img_size is not None and "vit" in model_name:
         kwargs["img_size"] = img_size
-    return timm.create_model(model_name, **kwargs).to(device)
+    model = timm.create_model(model_name, **kwargs).to(device)
+    if "+ckpt" in config:  # E2E with activation checkpointing: the rival users already have
+        model.backbone.set_grad_checkpointing(True)
+    return model
 
 
 def example_batch(model: LocalModel, batch_size: int, img_size: int | None, device):
@@ -122,17 +132,57 @@ def example_batch(model: LocalModel, batch_size: int, img_size: int | None, devi
     return x, y
 
 
+def rss_growth_bytes(
+    model_name: str,
+    config: str,
+    num_modules: int | None,
+    img_size: int | None,
+    num_classes: int,
+    batch_size: int,
+    steps: int = 2,
+) -> int | None:
+    """How far a fresh process's resident memory rises over ``steps`` training steps of
+    ``config``, as the operating system counts it (Linux; ``None`` elsewhere).
+
+    A fresh process per configuration, because a heap that another configuration grew before
+    would hide the growth; the figure includes what the allocator keeps after tensors are
+    freed, which is what a CPU user pays and the live-tensor meter does not see.
+    """
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(
+            _rss_growth_in_this_process,
+            (model_name, config, num_modules, img_size, num_classes, batch_size, steps),
+        )
+
+
+def _rss_growth_in_this_process(
+    model_name, config, num_modules, img_size, num_classes, batch_size, steps
+) -> int | None:
+    torch.set_num_threads(1)
+    model = build(model_name, config, num_modules, img_size, num_classes).train()
+    x, y = example_batch(model, batch_size, img_size, "cpu")
+    gc.collect()
+    with MemoryMeter("cpu") as meter:
+        for _ in range(steps):
+            model.local_step(x, y)
+    return meter.report.rss_peak_bytes
+
+
 def _modules(model: LocalModel) -> int:
     """K as the report shows it: E2E is one module whatever its wrapper's partition."""
     return 1 if model.method == "e2e" else model.num_modules
 
 
-def measure_memory(model: LocalModel, config: str, x, y) -> StepMeasurement:
+def measure_memory(
+    model: LocalModel, config: str, x, y, rss_bytes: int | None = None
+) -> StepMeasurement:
     return StepMeasurement(
         config,
         _modules(model),
         peak_mib=step_peak_bytes(model, x, y) / 2**20,
         static_mib=static_bytes(model) / 2**20,
+        rss_mib=None if rss_bytes is None else rss_bytes / 2**20,
     )
 
 
@@ -178,18 +228,24 @@ def steps_table(command: str, results: Sequence[StepMeasurement]) -> str:
     """Markdown table of a ``memory`` or ``speed`` run, with ratios against E2E."""
     base = next((r for r in results if r.config == "e2e"), None)
     if command == "memory":
+        rss = any(r.rss_mib is not None for r in results)
         lines = [
-            "| configuration | K | step peak MiB | / E2E | static MiB | peak + static / E2E |",
-            "|---|---|---|---|---|---|",
+            "| configuration | K | step peak MiB | / E2E | static MiB | peak + static / E2E |"
+            + (" process RSS growth MiB | / E2E |" if rss else ""),
+            "|---|---|---|---|---|---|" + ("---|---|" if rss else ""),
         ]
         for r in results:
             total = r.peak_mib + r.static_mib
             base_total = base.peak_mib + base.static_mib if base else None
-            lines.append(
+            line = (
                 f"| {r.config} | {r.num_modules} | {r.peak_mib:.1f} | "
                 f"{_ratio(r.peak_mib, base and base.peak_mib)} | {r.static_mib:.1f} | "
                 f"{_ratio(total, base_total)} |"
             )
+            if rss:
+                growth = "-" if r.rss_mib is None else f"{r.rss_mib:.1f}"
+                line += f" {growth} | {_ratio(r.rss_mib, base and base.rss_mib)} |"
+            lines.append(line)
         return "\n".join(lines)
     lines = [
         "| configuration | K | s / step: median [min, max] | / E2E | GFLOP / step | / E2E |",
