@@ -118,3 +118,38 @@ def tiny_batch(size: int = 4, seed: int = 0):
         for label in labels
     ]
     return inputs, labels, samples
+
+
+def r101_model(name: str, crop: tuple[int, int]):
+    """The recipe ``name``'s own DeepLab-V3 R101-D8, only the crop reduced and no download."""
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(recipe(name))
+    cfg.model.pretrained = None
+    cfg.model.data_preprocessor.size = crop
+    return MODELS.build(cfg.model)
+
+
+def raw_batch(size: tuple[int, int], count: int = 2, classes: int = 19, seed: int = 0) -> dict:
+    """``train_step`` input as a dataloader gives it: uint8 images, random label maps.
+
+    Images smaller than the model's crop are padded by its data preprocessor (label 255), as
+    mmseg pads any training image the random resize left smaller than the crop.
+    """
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [
+        torch.randint(0, 256, (3, *size), generator=generator, dtype=torch.uint8)
+        for _ in range(count)
+    ]
+    samples = [
+        SegDataSample(
+            gt_sem_seg=PixelData(data=torch.randint(0, classes, (1, *size), generator=generator)),
+            metainfo={"img_shape": size, "ori_shape": size},
+        )
+        for _ in range(count)
+    ]
+    return {"inputs": inputs, "data_samples": samples}

@@ -1,0 +1,37 @@
+"""The recipes' own DeepLab-V3 R101-D8 (ResNet-101, dilated, ASPP), only the crop reduced for CPU.
+
+The tiny test configs shrink the backbone; what only shows at the real depth and with real
+batches (images the random resize left smaller than the crop, padded with the ignore label) is
+checked here on two images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("mmseg", reason='segmentation extra not installed: pip install -e ".[seg]"')
+
+import torch
+from mmengine.optim import OptimWrapper
+
+import hpff_zoo.seg  # noqa: F401
+
+from .seg_data import r101_model, raw_batch
+
+CROP = (128, 256)
+
+
+@pytest.mark.parametrize("name", ["infopro-k4", "hpff-k4"])
+def test_r101_local_step_is_finite_on_images_padded_to_the_crop(name):
+    """Two 64×128 images padded to the 128×256 crop: three of the four PFF label patches hold
+    only the ignore label. Each module's local loss, the heads' losses and every gradient the
+    step applied must be finite."""
+    model = r101_model(name, CROP).train()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    logs = model.train_step(raw_batch((64, 128)), wrapper)
+    assert {"module1.loss_local", "module2.loss_local", "module3.loss_local"} <= set(logs)
+    bad = {k: float(v) for k, v in logs.items() if not math.isfinite(float(v))}
+    assert not bad, f"non-finite losses: {bad}"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
