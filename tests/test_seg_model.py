@@ -222,3 +222,38 @@ def test_full_deeplabv3_r101_memory_hpff_k4_vs_e2e():
     )
     assert peaks["hpff-k4"] < peaks["e2e"]
     assert peaks["infopro-k4"] < peaks["e2e"]
+
+
+def test_non_finite_local_loss_stops_before_the_optimizer_steps():
+    """A NaN in module 2's auxiliary: the error names module 2, and no weight changes."""
+    model = tiny_model("hpff-k4").train()
+    with torch.no_grad():
+        next(model.local_aux["independent"]["module2"].parameters()).fill_(float("nan"))
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, _, samples = tiny_batch(4)
+    data = {"inputs": list((x * 50 + 120).to(torch.uint8)), "data_samples": samples}
+    with pytest.raises(FloatingPointError, match=r"non-finite loss in module2 \(local loss\)"):
+        model.train_step(data, wrapper)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+        assert p.grad is None or not p.grad.any(), name
+
+
+def test_pixel_loss_of_an_all_ignored_patch_is_zero_and_patches_average_to_the_whole():
+    from hpff_zoo.aux import AuxSpec
+    from hpff_zoo.seg.aux import IGNORE_INDEX, PixelClassifier
+
+    classifier = PixelClassifier(AuxSpec(channels=8, size=(8, 16), num_classes=5)).eval()
+    feature = torch.randn(2, 8, 8, 16, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 32, 64))
+    labels[:, 16:] = IGNORE_INDEX  # the bottom half is padding
+    empty = classifier(feature[..., 4:, :], labels[..., 16:, :])
+    empty.backward()
+    assert empty.item() == 0 and torch.isfinite(feature.grad).all()
+    halves = [
+        classifier(feature[..., r, :], labels[..., r2, :])
+        for r, r2 in [(slice(0, 4), slice(0, 16)), (slice(4, 8), slice(16, 32))]
+    ]
+    whole = classifier(feature, labels)
+    torch.testing.assert_close(sum(halves) / 2, whole, rtol=0.05, atol=0)

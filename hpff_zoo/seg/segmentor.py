@@ -15,6 +15,7 @@ stock ``EncoderDecoder`` (``strict=False`` drops the auxiliaries).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,11 +177,46 @@ class HPFFEncoderDecoder(EncoderDecoder):
             self._check_batch_size(inputs)
             labels = torch.stack([s.gt_sem_seg.data[0] for s in data["data_samples"]]).long()
             module_losses = self._local.local_step(inputs, labels, optim_wrapper.backward)
+        losses = {k: v.detach() for k, v in self._local.head_losses.items()}
+        self._check_finite(module_losses, losses, optim_wrapper)
         optim_wrapper.step()
         optim_wrapper.zero_grad()
-        losses = {k: v.detach() for k, v in self._local.head_losses.items()}
         for name, value in module_losses.items():
             if name != "head":
                 losses[f"{name}.loss_local"] = torch.tensor(value, device=inputs.device)
         _, log_vars = self.parse_losses(losses)
         return log_vars
+
+    def _check_finite(
+        self,
+        module_losses: dict[str, float],
+        head_losses: dict[str, Tensor],
+        optim_wrapper: OptimWrapper,
+    ) -> None:
+        """Refuse to step on a NaN/inf loss, naming where it came from.
+
+        Every local loss has already been back-propagated into its own module, so one bad loss
+        has put NaN into that module's gradient only; stepping would write it into the weights
+        and every later step would be NaN too, with the log naming no culprit. Gradients are
+        discarded and ``FloatingPointError`` stops the run before the optimizer steps.
+        """
+        bad = {
+            f"{name} (local loss)": value
+            for name, value in module_losses.items()
+            if name != "head" and not math.isfinite(value)
+        }
+        bad.update(
+            {
+                f"module{self._local.num_modules} ({name})": float(value)
+                for name, value in head_losses.items()
+                if "loss" in name and not torch.isfinite(value).all()
+            }
+        )
+        if bad:
+            optim_wrapper.zero_grad()
+            found = ", ".join(f"{where} = {value}" for where, value in bad.items())
+            raise FloatingPointError(
+                f"method={self.method!r}: non-finite loss in {found}; the optimizer was not "
+                "stepped. Check that batch's images and labels, the learning rate, or the "
+                "module's auxiliary (model.local_aux)."
+            )
