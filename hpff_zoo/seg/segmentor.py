@@ -16,8 +16,9 @@ stock ``EncoderDecoder`` (``strict=False`` drops the auxiliaries).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import torch
 from mmengine.dist import get_world_size
@@ -27,10 +28,11 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..local import OFFICIAL_HILO_WEIGHTS
 from .aux import SEG_AUX_METHODS
+from .distributed import average_gradients
 from .local import BackboneChain, DenseLocalModel
 
 __all__ = ["SEG_METHODS", "HPFFEncoderDecoder"]
@@ -74,29 +76,26 @@ class HPFFEncoderDecoder(EncoderDecoder):
         self._local: DenseLocalModel | None = None
         if method == "e2e" or num_modules == 1:
             return
-        if get_world_size() > 1:
-            raise RuntimeError(
-                f"method={method!r} trains single-process (one GPU): its streamed step cannot run "
-                "under DistributedDataParallel. Launch without a distributed launcher."
-            )
-        # Single process: SyncBN is plain BN. Convert before partitioning, since the partition's
-        # atoms hold the backbone's layers (the runner's own conversion would come too late).
-        self.backbone = revert_sync_batchnorm(self.backbone)
+        if get_world_size() == 1:
+            # Single process: SyncBN is plain BN. Convert before partitioning, since the
+            # partition's atoms hold the backbone's layers (the runner's would come too late).
+            self.backbone = revert_sync_batchnorm(self.backbone)
         crop = self._crop_size()
-        local = DenseLocalModel(
-            self._backbone_chain(),
-            self._head_losses,
-            num_modules=num_modules,
-            method=method,
-            hilo=hilo,
-            pff=pff,
-            splits=splits,
-            balance=balance,
-            hilo_weights=tuple(hilo_weights),
-            aux_options=aux_options,
-            input_size=(3, *crop),
-            trace_size=(3, *(min(side, TRACE_SIDE) for side in crop)),
-        )
+        with _sync_bn_as_bn(self.backbone):
+            local = DenseLocalModel(
+                self._backbone_chain(),
+                self._head_losses,
+                num_modules=num_modules,
+                method=method,
+                hilo=hilo,
+                pff=pff,
+                splits=splits,
+                balance=balance,
+                hilo_weights=tuple(hilo_weights),
+                aux_options=aux_options,
+                input_size=(3, *crop),
+                trace_size=(3, *(min(side, TRACE_SIDE) for side in crop)),
+            )
         object.__setattr__(self, "_local", local)  # shares the backbone: not a submodule
         self.local_aux = local.aux
 
@@ -153,7 +152,9 @@ class HPFFEncoderDecoder(EncoderDecoder):
         if self._local is not None:
             raise RuntimeError(
                 f"method={self.method!r} trains through train_step (streamed, module by "
-                "module); a single loss over the whole network would be end-to-end training"
+                "module); a single loss over the whole network would be end-to-end training. "
+                "Under a distributed launcher wrap the model with "
+                "model_wrapper_cfg=dict(type='HPFFDistributedDataParallel') (the recipes do)"
             )
         self._check_batch_size(inputs)
         return super().loss(inputs, data_samples)
@@ -166,40 +167,51 @@ class HPFFEncoderDecoder(EncoderDecoder):
             )
 
     def train_step(self, data: Any, optim_wrapper: OptimWrapper) -> dict[str, Tensor]:
-        """One training iteration; local methods stream it through ``optim_wrapper``."""
+        """One training iteration; local methods stream it through ``optim_wrapper``.
+
+        Every loss of the streamed step goes through ``optim_wrapper.backward`` (loss scaling
+        for AMP), divided by the wrapper's accumulation factor. On the iteration that steps the
+        optimizer, the gradients are averaged over processes once (data-parallel runs, see
+        :mod:`hpff_zoo.seg.distributed`) and every loss is checked before the step.
+        """
         if self._local is None:
             return super().train_step(data, optim_wrapper)
-        if getattr(optim_wrapper, "_accumulative_counts", 1) != 1:
-            raise ValueError("gradient accumulation is not supported with local methods")
+        count = optim_wrapper.inner_count
+        scale = float(optim_wrapper.scale_loss(torch.ones(())))  # 1 / accumulation factor
+
+        def backward(loss: Tensor) -> None:
+            optim_wrapper.backward(loss * scale)
+
         with optim_wrapper.optim_context(self):
             data = self.data_preprocessor(data, True)
             inputs = data["inputs"]
             self._check_batch_size(inputs)
             labels = torch.stack([s.gt_sem_seg.data[0] for s in data["data_samples"]]).long()
-            module_losses = self._local.local_step(inputs, labels, optim_wrapper.backward)
+            module_losses = self._local.local_step(inputs, labels, backward)
+        # mmengine counts iterations by backward calls (one per iteration in update_params);
+        # the streamed step made many, and accumulation must see one.
+        optim_wrapper._inner_count = count + 1
         losses = {k: v.detach() for k, v in self._local.head_losses.items()}
-        self._check_finite(module_losses, losses, optim_wrapper)
-        optim_wrapper.step()
-        optim_wrapper.zero_grad()
+        bad = self._non_finite(module_losses, losses)
+        if optim_wrapper.should_update():
+            if average_gradients(self.parameters(), flag=bool(bad)):  # True if any process is
+                optim_wrapper.zero_grad()
+                self._stop(bad or {"another process (see its error)": math.nan})
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        elif bad:
+            optim_wrapper.zero_grad()
+            self._stop(bad)
         for name, value in module_losses.items():
             if name != "head":
                 losses[f"{name}.loss_local"] = torch.tensor(value, device=inputs.device)
         _, log_vars = self.parse_losses(losses)
         return log_vars
 
-    def _check_finite(
-        self,
-        module_losses: dict[str, float],
-        head_losses: dict[str, Tensor],
-        optim_wrapper: OptimWrapper,
-    ) -> None:
-        """Refuse to step on a NaN/inf loss, naming where it came from.
-
-        Every local loss has already been back-propagated into its own module, so one bad loss
-        has put NaN into that module's gradient only; stepping would write it into the weights
-        and every later step would be NaN too, with the log naming no culprit. Gradients are
-        discarded and ``FloatingPointError`` stops the run before the optimizer steps.
-        """
+    def _non_finite(
+        self, module_losses: dict[str, float], head_losses: dict[str, Tensor]
+    ) -> dict[str, float]:
+        """Where this step's losses are NaN/inf: ``{"module2 (local loss)": nan, ...}``."""
         bad = {
             f"{name} (local loss)": value
             for name, value in module_losses.items()
@@ -212,11 +224,38 @@ class HPFFEncoderDecoder(EncoderDecoder):
                 if "loss" in name and not torch.isfinite(value).all()
             }
         )
-        if bad:
-            optim_wrapper.zero_grad()
-            found = ", ".join(f"{where} = {value}" for where, value in bad.items())
-            raise FloatingPointError(
-                f"method={self.method!r}: non-finite loss in {found}; the optimizer was not "
-                "stepped. Check that batch's images and labels, the learning rate, or the "
-                "module's auxiliary (model.local_aux)."
-            )
+        return bad
+
+    def _stop(self, bad: dict[str, float]) -> NoReturn:
+        """Refuse to step on a NaN/inf loss, naming where it came from.
+
+        Every local loss has already been back-propagated into its own module, so one bad loss
+        has put NaN into that module's gradient only; stepping would write it into the weights
+        and every later step would be NaN too, with the log naming no culprit. The caller has
+        discarded the gradients; ``FloatingPointError`` stops the run before the optimizer steps.
+        """
+        found = ", ".join(f"{where} = {value}" for where, value in bad.items())
+        raise FloatingPointError(
+            f"method={self.method!r}: non-finite loss in {found}; the optimizer was not "
+            "stepped. Check that batch's images and labels, the learning rate, or the "
+            "module's auxiliary (model.local_aux)."
+        )
+
+
+@contextmanager
+def _sync_bn_as_bn(module: nn.Module) -> Iterator[None]:
+    """Run SyncBN layers as plain BN for a while: the partitioner's passes on CPU tensors.
+
+    In a distributed run the backbone keeps its SyncBN, but the partitioner runs it in training
+    mode on CPU (fake) tensors while the model is built, where SyncBN would demand a GPU and a
+    collective. The layers' class is swapped for ``BatchNorm2d`` (same parameters and buffers),
+    then restored.
+    """
+    swapped = [m for m in module.modules() if type(m) is nn.SyncBatchNorm]
+    for m in swapped:
+        m.__class__ = nn.BatchNorm2d
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = nn.SyncBatchNorm
