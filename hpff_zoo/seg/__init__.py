@@ -29,7 +29,7 @@ _compat.install()
 from .aux import SEG_AUX_METHODS, build_seg_aux  # noqa: E402
 from .distributed import HPFFDistributedDataParallel, average_gradients  # noqa: E402
 from .local import BackboneChain, DenseLocalModel  # noqa: E402
-from .segmentor import SEG_METHODS, HPFFEncoderDecoder  # noqa: E402
+from .segmentor import SEG_METHODS, HPFFEncoderDecoder, PretrainedUnavailableError  # noqa: E402
 from .transfer import (  # noqa: E402
     HPFFTransferInit,
     TransferReport,
@@ -46,6 +46,7 @@ __all__ = [
     "HPFFDistributedDataParallel",
     "HPFFEncoderDecoder",
     "HPFFTransferInit",
+    "PretrainedUnavailableError",
     "TransferReport",
     "average_gradients",
     "backbone_overrides",

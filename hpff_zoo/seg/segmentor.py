@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
+from urllib.error import URLError
 
 import torch
 from mmengine.dist import get_world_size
@@ -35,12 +36,16 @@ from .aux import SEG_AUX_METHODS
 from .distributed import average_gradients
 from .local import BackboneChain, DenseLocalModel
 
-__all__ = ["SEG_METHODS", "HPFFEncoderDecoder"]
+__all__ = ["SEG_METHODS", "HPFFEncoderDecoder", "PretrainedUnavailableError"]
 
 SEG_METHODS = ("e2e", *SEG_AUX_METHODS)
 # The partitioner runs the backbone for real to find its atoms: at most 128 px a side (ResNets
 # are size-agnostic), while memory costs are measured at the full crop on fake tensors.
 TRACE_SIDE = 128
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """The configured pretrained backbone could not be fetched (offline, unreachable URL)."""
 
 
 @MODELS.register_module()
@@ -135,6 +140,22 @@ class HPFFEncoderDecoder(EncoderDecoder):
             mean=(preprocessor.mean.flatten() / scale).tolist(),
             std=(preprocessor.std.flatten() / scale).tolist(),
         )
+
+    def init_weights(self) -> None:
+        """mmengine's weight initialisation; a pretrained backbone that cannot be downloaded is
+        one clear error saying how to start otherwise, instead of a raw ``URLError``."""
+        try:
+            super().init_weights()
+        except URLError as error:
+            init_cfg = self.backbone.init_cfg
+            source = init_cfg.get("checkpoint") if isinstance(init_cfg, dict) else None
+            raise PretrainedUnavailableError(
+                f"cannot download the pretrained backbone {source or ''} ({error.reason}). "
+                "Offline? Start from an hpff-zoo ResNet checkpoint (recipes/segmentation.py "
+                "--backbone-checkpoint SOURCE), from random weights (--cfg-options "
+                "model.pretrained=None), or put the file in torch's hub cache "
+                "($TORCH_HOME/hub/checkpoints) first."
+            ) from error
 
     # --- training ---------------------------------------------------------------------------
 
