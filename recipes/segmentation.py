@@ -34,6 +34,7 @@ from hpff_zoo.seg.config import (
     TTA_MODES,
     check_data,
     use_backbone_checkpoint,
+    use_batch_norm,
     use_data_root,
     use_tta,
 )
@@ -135,9 +136,11 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    if args.command == "train":
-        init_cpu_process_group(args.launcher)  # before mmengine's launcher pins a CUDA device
-    runner = Runner.from_cfg(build_config(args))
+    cfg = build_config(args)
+    # On CPUs: gloo, before mmengine's launcher pins a CUDA device; SyncBN needs GPUs.
+    if args.command == "train" and init_cpu_process_group(args.launcher):
+        use_batch_norm(cfg)
+    runner = Runner.from_cfg(cfg)
     if args.command == "test":
         return runner.test()
     try:

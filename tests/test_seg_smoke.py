@@ -17,6 +17,7 @@ from mmseg.registry import MODELS
 
 import hpff_zoo.seg  # noqa: F401
 from hpff_zoo.seg import PretrainedUnavailableError
+from hpff_zoo.seg.config import use_batch_norm
 
 from .seg_data import make_cityscapes, recipe
 
@@ -89,3 +90,24 @@ def test_smoke_and_data_root_together_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "--smoke generates its own data: drop --data-root" in result.stderr
+
+
+def test_use_batch_norm_replaces_every_syncbn():
+    cfg = Config.fromfile(recipe("hpff-k4"))
+    assert use_batch_norm(cfg) == 3  # backbone, decode head, auxiliary head
+    assert "SyncBN" not in str(cfg.model.to_dict())
+    assert use_batch_norm(cfg) == 0
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_data_parallel_on_two_cpu_processes(tmp_path):
+    """`torchrun --nproc_per_node 2 ... --launcher pytorch --smoke`: gloo, BN, HPFF wrapper."""
+    args = _readme_smoke_command()
+    args[args.index("--work-dir") + 1] = str(tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]  # fmt: skip
+    result = _run([*launcher, *args[1:], "--launcher", "pytorch"], timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Iter(train) [4/4]" in output and "mIoU" in output
+    assert (tmp_path / "iter_4.pth").is_file()
