@@ -5,6 +5,8 @@ Each of 2 processes trains the tiny recipe model on its half of a fixed global b
 one process accumulating the same two halves (``accumulative_counts=2``), as the classification
 recipes' 2-process test does: BatchNorm then sees the same per-half statistics in both runs, so
 every trained parameter must agree. Dropout is off so that both runs draw no random masks.
+The same processes also build the recipe as configured (SyncBN): it must keep SyncBN and split
+the backbone exactly as the single-process BN model does.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def _data_parallel() -> dict[str, tuple[dict, int]]:
         calls.append(1)
         return all_reduce(*args, **kwargs)
 
-    results = {}
+    syncbn = MODELS.build(tiny_config("hpff-k4", "unused", "unused", 1).model)
+    results = {"syncbn": (_norm_types(syncbn), syncbn.local.partition.starts)}
     for name in METHODS:
         model = HPFFDistributedDataParallel(module=_model(name), broadcast_buffers=False)
         wrapper = _optim_wrapper(model)
@@ -84,6 +87,14 @@ def _data_parallel() -> dict[str, tuple[dict, int]]:
     return results
 
 
+def _norm_types(model: nn.Module) -> set[str]:
+    return {
+        "SyncBN" if isinstance(m, nn.SyncBatchNorm) else "BN"
+        for m in model.backbone.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+
+
 def _accumulated(name: str, halves: list[dict]) -> dict[str, torch.Tensor]:
     model = _model(name)
     wrapper = _optim_wrapper(model, accumulative_counts=len(halves))
@@ -95,6 +106,11 @@ def _accumulated(name: str, halves: list[dict]) -> dict[str, torch.Tensor]:
 
 def test_two_processes_take_the_optimizer_steps_of_one_accumulating_process():
     ranks = run_stages(_data_parallel, 2, timeout=120)
+    # A multi-process build keeps the config's SyncBN and partitions exactly as BN does.
+    single = MODELS.build(tiny_config("hpff-k4", "unused", "unused", 1).model)
+    for rank in ranks:
+        assert rank["syncbn"] == ({"SyncBN"}, single.local.partition.starts)
+    assert _norm_types(single) == {"BN"}
     for name in METHODS:
         expected = _accumulated(name, _halves())
         (zero, calls), (one, _) = ranks[0][name], ranks[1][name]

@@ -5,8 +5,10 @@ dict). With a local method, the backbone is partitioned into K gradient-isolated
 core's partitioner, modules 1..K-1 get per-pixel auxiliaries (with HiLo cascades and PFF), and
 module K feeds the decode head (ASPP) and the auxiliary head (FCN). :meth:`train_step` streams
 the step module by module through the core's schedule, calling the runner's ``OptimWrapper``
-for every backward and stepping it once, so the runner, its hooks, AMP and schedulers work
-unchanged. Inference (``predict``, TTA) is the plain segmentor's: auxiliaries are unused there.
+for every backward and stepping it once, so the runner, its hooks, AMP, gradient accumulation and
+schedulers work unchanged; data-parallel runs average the gradients once before that step
+(:mod:`hpff_zoo.seg.distributed`). Inference (``predict``, TTA) is the plain segmentor's:
+auxiliaries are unused there.
 
 State dict: mmseg's keys (``backbone.``, ``decode_head.``, ``auxiliary_head.``) plus
 ``local_aux.`` for the auxiliary networks, so a checkpoint's segmentation weights load into a
@@ -215,7 +217,7 @@ class HPFFEncoderDecoder(EncoderDecoder):
         losses = {k: v.detach() for k, v in self._local.head_losses.items()}
         bad = self._non_finite(module_losses, losses)
         if optim_wrapper.should_update():
-            if average_gradients(self.parameters(), flag=bool(bad)):  # True if any process is
+            if average_gradients(self.parameters(), flag=bool(bad)):  # bad on any process
                 optim_wrapper.zero_grad()
                 self._stop(bad or {"another process (see its error)": math.nan})
             optim_wrapper.step()
@@ -272,11 +274,11 @@ def _sync_bn_as_bn(module: nn.Module) -> Iterator[None]:
     collective. The layers' class is swapped for ``BatchNorm2d`` (same parameters and buffers),
     then restored.
     """
-    swapped = [m for m in module.modules() if type(m) is nn.SyncBatchNorm]
-    for m in swapped:
+    swapped = [(m, type(m)) for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
+    for m, _ in swapped:
         m.__class__ = nn.BatchNorm2d
     try:
         yield
     finally:
-        for m in swapped:
-            m.__class__ = nn.SyncBatchNorm
+        for m, cls in swapped:
+            m.__class__ = cls
