@@ -126,3 +126,18 @@ def raw_batch(size: tuple[int, int], count: int = 2, classes: int = 19, seed: in
         for _ in range(count)
     ]
     return {"inputs": inputs, "data_samples": samples}
+
+
+def peak_training_bytes(model, data: dict) -> int:
+    """Bytes one steady training step allocates (the first step is run unmeasured)."""
+    import torch
+    from mmengine.optim import OptimWrapper
+
+    from hpff_zoo import MemoryMeter
+
+    model.train()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    model.train_step(data, wrapper)  # first step allocates what persists; measure a steady one
+    with MemoryMeter() as meter:
+        model.train_step(data, wrapper)
+    return meter.report.peak_bytes

@@ -18,7 +18,7 @@ from mmengine.optim import OptimWrapper
 
 import hpff_zoo.seg  # noqa: F401
 
-from .seg_data import r101_model, raw_batch
+from .seg_data import peak_training_bytes, r101_model, raw_batch
 
 CROP = (128, 256)
 
@@ -35,3 +35,22 @@ def test_r101_local_step_is_finite_on_images_padded_to_the_crop(name):
     bad = {k: float(v) for k, v in logs.items() if not math.isfinite(float(v))}
     assert not bad, f"non-finite losses: {bad}"
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_r101_peak_training_memory_e2e_infopro_hpff():
+    """Peak memory of one steady training step, E2E vs InfoPro K4 vs InfoPro+HPFF K4.
+
+    ``python -m pytest tests/test_seg_r101.py -m slow -s`` prints the figures (MemoryMeter:
+    bytes allocated by the step beyond parameters and the batch; on CPU, or CUDA if used).
+    """
+    data = raw_batch(CROP)
+    peaks = {}
+    for name in ("e2e", "infopro-k4", "hpff-k4"):
+        peaks[name] = peak_training_bytes(r101_model(name, CROP), data)
+    print(
+        f"\nDeepLab-V3 R101-D8, crop {CROP[0]}x{CROP[1]}, batch 2, peak training memory (MiB): "
+        + ", ".join(f"{k} {v / 2**20:.1f} ({v / peaks['e2e']:.3f})" for k, v in peaks.items())
+    )
+    assert peaks["hpff-k4"] < peaks["e2e"]
+    assert peaks["infopro-k4"] < peaks["e2e"]

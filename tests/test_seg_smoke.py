@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -111,3 +112,25 @@ def test_smoke_run_trains_data_parallel_on_two_cpu_processes(tmp_path):
     assert result.returncode == 0, output[-4000:]
     assert "Iter(train) [4/4]" in output and "mIoU" in output
     assert (tmp_path / "iter_4.pth").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_run_starts_from_an_hpff_resnet101_checkpoint(tmp_path):
+    """The documented transfer, end to end: an hpff_resnet101 classification checkpoint fills
+    every tensor of the recipe's DeepLab backbone (switched to the 7×7-stem ResNet) and trains."""
+    import timm
+    from safetensors.torch import save_file
+
+    export = tmp_path / "export"
+    export.mkdir()
+    classifier = timm.create_model("hpff_resnet101", num_classes=19)
+    save_file(classifier.state_dict(), str(export / "model.safetensors"))
+    args = _readme_smoke_command()
+    args[0] = sys.executable
+    args[args.index("--work-dir") + 1] = str(tmp_path / "run")
+    result = _run([*args, "--backbone-checkpoint", str(export)], timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert re.search(r"HPFFTransfer: loaded (\d+)/\1 backbone tensors", output), output[-4000:]
+    assert "model.backbone.type=ResNet" in output
+    assert (tmp_path / "run" / "iter_4.pth").is_file()
