@@ -38,18 +38,19 @@ def test_r101_local_step_is_finite_on_images_padded_to_the_crop(name):
 
 
 @pytest.mark.slow
-def test_r101_peak_training_memory_e2e_infopro_hpff():
+@pytest.mark.parametrize("crop", [CROP, (256, 512)], ids=lambda c: f"{c[0]}x{c[1]}")
+def test_r101_peak_training_memory_e2e_infopro_hpff(crop):
     """Peak memory of one steady training step, E2E vs InfoPro K4 vs InfoPro+HPFF K4.
 
     ``python -m pytest tests/test_seg_r101.py -m slow -s`` prints the figures (MemoryMeter:
     bytes allocated by the step beyond parameters and the batch; on CPU, or CUDA if used).
     """
-    data = raw_batch(CROP)
+    data = raw_batch(crop)
     peaks = {}
     for name in ("e2e", "infopro-k4", "hpff-k4"):
-        peaks[name] = peak_training_bytes(r101_model(name, CROP), data)
+        peaks[name] = peak_training_bytes(r101_model(name, crop), data)
     print(
-        f"\nDeepLab-V3 R101-D8, crop {CROP[0]}x{CROP[1]}, batch 2, peak training memory (MiB): "
+        f"\nDeepLab-V3 R101-D8, crop {crop[0]}x{crop[1]}, batch 2, peak training memory (MiB): "
         + ", ".join(f"{k} {v / 2**20:.1f} ({v / peaks['e2e']:.3f})" for k, v in peaks.items())
     )
     assert peaks["hpff-k4"] < peaks["e2e"]
