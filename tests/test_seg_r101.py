@@ -23,12 +23,11 @@ from .seg_data import peak_training_bytes, r101_model, raw_batch
 CROP = (128, 256)
 
 
-@pytest.mark.parametrize("name", ["infopro-k4", "hpff-k4"])
-def test_r101_local_step_is_finite_on_images_padded_to_the_crop(name):
+def test_r101_hpff_step_is_finite_on_images_padded_to_the_crop():
     """Two 64×128 images padded to the 128×256 crop: three of the four PFF label patches hold
-    only the ignore label. Each module's local loss, the heads' losses and every gradient the
-    step applied must be finite."""
-    model = r101_model(name, CROP).train()
+    only the ignore label (issue 17: module1-3 loss_local = nan on step 1). Each module's local
+    loss, the heads' losses and every weight after the step must be finite."""
+    model = r101_model("hpff-k4", CROP).train()
     wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
     logs = model.train_step(raw_batch((64, 128)), wrapper)
     assert {"module1.loss_local", "module2.loss_local", "module3.loss_local"} <= set(logs)
