@@ -10,6 +10,11 @@ Examples::
     python recipes/segmentation.py test CONFIG work_dirs/NAME/iter_40000.pth --tta ms-flip
     # Backbone from an hpff_zoo classification export (folder, weights file or Hub id)
     python recipes/segmentation.py train CONFIG --backbone-checkpoint exports/hpff_resnet101
+    # A few minutes on CPUs: the real model on generated data (checks an install)
+    python recipes/segmentation.py train CONFIG --smoke --work-dir work_dirs/smoke
+    # Data-parallel, every method (on CPUs: gloo); the batch size is per process
+    torchrun --nproc_per_node 4 recipes/segmentation.py train CONFIG --launcher pytorch \\
+        --cfg-options train_dataloader.batch_size=2
 
 Any config value can be overridden with ``--cfg-options key=value ...`` (mmengine syntax), e.g.
 ``train_cfg.max_iters=80000`` or ``optim_wrapper.optimizer.lr=0.02``.
@@ -24,13 +29,17 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import hpff_zoo.seg  # noqa: F401  (registers HPFFEncoderDecoder and HPFFTransfer in mmseg)
+from hpff_zoo.seg import PretrainedUnavailableError
 from hpff_zoo.seg.config import (
     TTA_MODES,
     check_data,
     use_backbone_checkpoint,
+    use_batch_norm,
     use_data_root,
     use_tta,
 )
+from hpff_zoo.seg.distributed import init_cpu_process_group
+from hpff_zoo.seg.smoke import SMOKE_CROP, SMOKE_ITERS, use_smoke
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,14 +68,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--resume", action="store_true", help="resume from the work dir's last checkpoint"
             )
             sub.add_argument(
+                "--smoke",
+                action="store_true",
+                help="CPU smoke run of CONFIG's real model: generated Cityscapes-format data in "
+                f"WORK_DIR/smoke_cityscapes, {SMOKE_CROP[0]}x{SMOKE_CROP[1]} crops, batch 2, "
+                f"{SMOKE_ITERS} iterations and one validation, random initial weights (or "
+                "--backbone-checkpoint); a few minutes on 2 CPU cores",
+            )
+            sub.add_argument(
                 "--amp", action="store_true", help="mixed precision (mmengine AmpOptimWrapper)"
             )
             sub.add_argument(
                 "--launcher",
                 choices=["none", "pytorch", "slurm", "mpi"],
                 default="none",
-                help="distributed launcher, E2E only (e.g. under torchrun: pytorch); local "
-                "methods train single-process",
+                help="distributed launcher (under torchrun: pytorch), for every method; the "
+                "batch size is per process",
             )
         sub.add_argument(
             "--data-root",
@@ -85,7 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             metavar="KEY=VALUE",
             help="override config values, mmengine syntax (a.b=1 c=[1,2])",
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "smoke", False) and args.data_root:
+        parser.error("--smoke generates its own data: drop --data-root")
+    return args
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -95,6 +115,8 @@ def build_config(args: argparse.Namespace) -> Config:
         use_data_root(cfg, args.data_root)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or f"work_dirs/{Path(args.config).stem}"
     if args.command == "train":
+        if args.smoke:
+            use_smoke(cfg)
         check_data(cfg, "train_dataloader")
         if cfg.get("val_cfg") is not None:
             check_data(cfg, "val_dataloader")
@@ -114,11 +136,18 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_config(args))
-    if args.command == "train":
+    cfg = build_config(args)
+    # On CPUs: gloo, before mmengine's launcher pins a CUDA device; SyncBN needs GPUs.
+    if args.command == "train" and init_cpu_process_group(args.launcher):
+        use_batch_norm(cfg)
+    runner = Runner.from_cfg(cfg)
+    if args.command == "test":
+        return runner.test()
+    try:
         runner.train()
-        return None
-    return runner.test()
+    except PretrainedUnavailableError as error:
+        raise SystemExit(f"error: {error}") from None
+    return None
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from mmengine.config import Config
-from PIL import Image
+
+from hpff_zoo.seg import smoke
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "segmentation"
-CLASSES = (0, 2, 8, 10, 13)  # road, building, vegetation, sky, car
-COLOURS = np.array([[128, 64, 128], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142]])
 IMAGE_SIZE = (128, 256)  # height, width
 CROP = (64, 128)
 
@@ -24,35 +23,9 @@ def recipe(name: str) -> Path:
     return RECIPES / f"deeplabv3_r101-d8_cityscapes-512x1024_40k_{name}.py"
 
 
-def _scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    height, width = IMAGE_SIZE
-    labels = np.full((height, width), 0, dtype=np.uint8)
-    sky_line = rng.integers(height // 5, height // 2)
-    labels[:sky_line] = 3
-    for _ in range(rng.integers(2, 5)):  # buildings, trees, cars as rectangles
-        kind = rng.integers(1, 5)
-        top = rng.integers(0, height - 16)
-        left = rng.integers(0, width - 16)
-        labels[top : top + rng.integers(12, 48), left : left + rng.integers(12, 64)] = kind
-    image = COLOURS[labels] + rng.normal(0, 12, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8), np.array(CLASSES, np.uint8)[labels]
-
-
 def make_cityscapes(root: Path, train: int = 8, val: int = 3, seed: int = 0) -> Path:
-    """Write ``leftImg8bit/{split}/city/*_leftImg8bit.png`` and ``gtFine/.../*_labelTrainIds``."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("val", val)):
-        for i in range(count):
-            image, labels = _scene(rng)
-            stem = f"city_{i:06d}_000019"
-            for folder, suffix, array in (
-                ("leftImg8bit", "leftImg8bit", image),
-                ("gtFine", "gtFine_labelTrainIds", labels),
-            ):
-                path = root / folder / split / "city" / f"{stem}_{suffix}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(path)
-    return root
+    """The smoke run's generated Cityscapes (:mod:`hpff_zoo.seg.smoke`) at 128×256."""
+    return smoke.make_cityscapes(root, {"train": train, "val": val}, IMAGE_SIZE, seed)
 
 
 def tiny_config(name: str, data_root: Path, work_dir: Path, iters: int, **model) -> Config:
@@ -106,7 +79,7 @@ def tiny_batch(size: int = 4, seed: int = 0):
     from mmseg.structures import SegDataSample
 
     rng = np.random.default_rng(seed)
-    scenes = [_scene(rng) for _ in range(size)]
+    scenes = [smoke.scene(rng, IMAGE_SIZE) for _ in range(size)]
     images = torch.tensor(np.stack([s[0][: CROP[0], : CROP[1]] for s in scenes]))
     labels = torch.tensor(np.stack([s[1][: CROP[0], : CROP[1]] for s in scenes])).long()
     labels[:, :4] = 255  # an ignored band, like crop padding
@@ -118,3 +91,53 @@ def tiny_batch(size: int = 4, seed: int = 0):
         for label in labels
     ]
     return inputs, labels, samples
+
+
+def r101_model(name: str, crop: tuple[int, int]):
+    """The recipe ``name``'s own DeepLab-V3 R101-D8, only the crop reduced and no download."""
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(recipe(name))
+    cfg.model.pretrained = None
+    cfg.model.data_preprocessor.size = crop
+    return MODELS.build(cfg.model)
+
+
+def raw_batch(size: tuple[int, int], count: int = 2, classes: int = 19, seed: int = 0) -> dict:
+    """``train_step`` input as a dataloader gives it: uint8 images, random label maps.
+
+    Images smaller than the model's crop are padded by its data preprocessor (label 255), as
+    mmseg pads any training image the random resize left smaller than the crop.
+    """
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [
+        torch.randint(0, 256, (3, *size), generator=generator, dtype=torch.uint8)
+        for _ in range(count)
+    ]
+    samples = [
+        SegDataSample(
+            gt_sem_seg=PixelData(data=torch.randint(0, classes, (1, *size), generator=generator)),
+            metainfo={"img_shape": size, "ori_shape": size},
+        )
+        for _ in range(count)
+    ]
+    return {"inputs": inputs, "data_samples": samples}
+
+
+def peak_training_bytes(model, data: dict) -> int:
+    """Bytes one steady training step allocates (the first step is run unmeasured)."""
+    import torch
+    from mmengine.optim import OptimWrapper
+
+    from hpff_zoo import MemoryMeter
+
+    model.train()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    model.train_step(data, wrapper)  # first step allocates what persists; measure a steady one
+    with MemoryMeter() as meter:
+        model.train_step(data, wrapper)
+    return meter.report.peak_bytes

@@ -5,6 +5,8 @@ resumable (see :mod:`hpff_zoo.seg._compat`), then registers in mmseg's registrie
 
 - ``HPFFEncoderDecoder`` (``MODELS``): DeepLab-V3 & co. trained as K gradient-isolated modules
   with the core's streamed schedule (HiLo, PFF), or plain with ``method="e2e"``;
+- ``HPFFDistributedDataParallel`` (``MODEL_WRAPPERS``): data-parallel training of every method,
+  local ones with one gradient average per optimizer step;
 - ``HPFFTransfer`` (``WEIGHT_INITIALIZERS``): a backbone ``init_cfg`` that loads an hpff_zoo /
   timm ResNet checkpoint into an mmseg ResNet, every tensor accounted for.
 
@@ -25,8 +27,9 @@ from . import _compat
 _compat.install()
 
 from .aux import SEG_AUX_METHODS, build_seg_aux  # noqa: E402
+from .distributed import HPFFDistributedDataParallel, average_gradients  # noqa: E402
 from .local import BackboneChain, DenseLocalModel  # noqa: E402
-from .segmentor import SEG_METHODS, HPFFEncoderDecoder  # noqa: E402
+from .segmentor import SEG_METHODS, HPFFEncoderDecoder, PretrainedUnavailableError  # noqa: E402
 from .transfer import (  # noqa: E402
     HPFFTransferInit,
     TransferReport,
@@ -40,9 +43,12 @@ __all__ = [
     "SEG_METHODS",
     "BackboneChain",
     "DenseLocalModel",
+    "HPFFDistributedDataParallel",
     "HPFFEncoderDecoder",
     "HPFFTransferInit",
+    "PretrainedUnavailableError",
     "TransferReport",
+    "average_gradients",
     "backbone_overrides",
     "build_seg_aux",
     "load_hpff_state_dict",

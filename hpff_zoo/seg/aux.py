@@ -36,7 +36,15 @@ DROPOUT = 0.1
 
 
 class PixelClassifier(nn.Module):
-    """FCN-style per-pixel classifier; ``forward`` returns the cross-entropy on a label patch."""
+    """FCN-style per-pixel classifier; ``forward`` returns the cross-entropy on a label patch.
+
+    The loss is averaged over *all* the patch's pixels, ignored ones counting as zero (mmseg's
+    ``CrossEntropyLoss`` default, ``avg_non_ignore=False``, which the decode heads use), not over
+    the non-ignored ones as ``F.cross_entropy`` does. Two reasons: a PFF patch may hold only
+    ignored pixels (an image padded to the crop, a void region), where the mean over no pixel
+    is 0/0 = NaN and poisons the whole module's gradient; and with equal patches the n² patch
+    losses then average to exactly the whole map's loss, so PFF changes only memory.
+    """
 
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
@@ -48,7 +56,8 @@ class PixelClassifier(nn.Module):
     def forward(self, feature: Tensor, labels: Tensor) -> Tensor:
         logits = self.classifier(self.dropout(self.features(feature)))
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        summed = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return summed / labels.numel()
 
 
 class PixelDGLAux(AuxNet):

@@ -14,7 +14,14 @@ from mmengine.logging import print_log
 
 from .transfer import backbone_overrides, load_hpff_state_dict
 
-__all__ = ["TTA_MODES", "check_data", "use_backbone_checkpoint", "use_data_root", "use_tta"]
+__all__ = [
+    "TTA_MODES",
+    "check_data",
+    "use_backbone_checkpoint",
+    "use_batch_norm",
+    "use_data_root",
+    "use_tta",
+]
 
 TTA_MODES = ("ss", "ms", "ms-flip")
 
@@ -84,6 +91,29 @@ def use_backbone_checkpoint(cfg: Config, source: str) -> dict[str, object]:
     backbone.init_cfg = ConfigDict(type="HPFFTransfer", checkpoint=str(source))
     cfg.model.pretrained = None
     return overrides
+
+
+def use_batch_norm(cfg: Config) -> int:
+    """Replace every ``SyncBN`` of the model by ``BN``; returns how many ``norm_cfg`` changed.
+
+    For data-parallel runs on CPUs (gloo): PyTorch's SyncBatchNorm runs on GPUs only. Each
+    process then normalises with its own images' statistics, as the classification recipes do
+    without SyncBN, and the recipes' ``SyncBuffersHook`` averages the running statistics.
+    """
+
+    def visit(node: object) -> int:
+        changed = 0
+        if isinstance(node, dict):
+            norm = node.get("norm_cfg")
+            if isinstance(norm, dict) and norm.get("type") == "SyncBN":
+                norm["type"] = "BN"
+                changed += 1
+            changed += sum(visit(value) for key, value in node.items() if key != "norm_cfg")
+        elif isinstance(node, list | tuple):
+            changed += sum(visit(value) for value in node)
+        return changed
+
+    return visit(cfg.model)
 
 
 def use_tta(cfg: Config, mode: str) -> None:

@@ -5,8 +5,10 @@ dict). With a local method, the backbone is partitioned into K gradient-isolated
 core's partitioner, modules 1..K-1 get per-pixel auxiliaries (with HiLo cascades and PFF), and
 module K feeds the decode head (ASPP) and the auxiliary head (FCN). :meth:`train_step` streams
 the step module by module through the core's schedule, calling the runner's ``OptimWrapper``
-for every backward and stepping it once, so the runner, its hooks, AMP and schedulers work
-unchanged. Inference (``predict``, TTA) is the plain segmentor's: auxiliaries are unused there.
+for every backward and stepping it once, so the runner, its hooks, AMP, gradient accumulation and
+schedulers work unchanged; data-parallel runs average the gradients once before that step
+(:mod:`hpff_zoo.seg.distributed`). Inference (``predict``, TTA) is the plain segmentor's:
+auxiliaries are unused there.
 
 State dict: mmseg's keys (``backbone.``, ``decode_head.``, ``auxiliary_head.``) plus
 ``local_aux.`` for the auxiliary networks, so a checkpoint's segmentation weights load into a
@@ -15,8 +17,11 @@ stock ``EncoderDecoder`` (``strict=False`` drops the auxiliaries).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+from urllib.error import URLError
 
 import torch
 from mmengine.dist import get_world_size
@@ -26,18 +31,23 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..local import OFFICIAL_HILO_WEIGHTS
 from .aux import SEG_AUX_METHODS
+from .distributed import average_gradients
 from .local import BackboneChain, DenseLocalModel
 
-__all__ = ["SEG_METHODS", "HPFFEncoderDecoder"]
+__all__ = ["SEG_METHODS", "HPFFEncoderDecoder", "PretrainedUnavailableError"]
 
 SEG_METHODS = ("e2e", *SEG_AUX_METHODS)
 # The partitioner runs the backbone for real to find its atoms: at most 128 px a side (ResNets
 # are size-agnostic), while memory costs are measured at the full crop on fake tensors.
 TRACE_SIDE = 128
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """The configured pretrained backbone could not be fetched (offline, unreachable URL)."""
 
 
 @MODELS.register_module()
@@ -73,29 +83,26 @@ class HPFFEncoderDecoder(EncoderDecoder):
         self._local: DenseLocalModel | None = None
         if method == "e2e" or num_modules == 1:
             return
-        if get_world_size() > 1:
-            raise RuntimeError(
-                f"method={method!r} trains single-process (one GPU): its streamed step cannot run "
-                "under DistributedDataParallel. Launch without a distributed launcher."
-            )
-        # Single process: SyncBN is plain BN. Convert before partitioning, since the partition's
-        # atoms hold the backbone's layers (the runner's own conversion would come too late).
-        self.backbone = revert_sync_batchnorm(self.backbone)
+        if get_world_size() == 1:
+            # Single process: SyncBN is plain BN. Convert before partitioning, since the
+            # partition's atoms hold the backbone's layers (the runner's would come too late).
+            self.backbone = revert_sync_batchnorm(self.backbone)
         crop = self._crop_size()
-        local = DenseLocalModel(
-            self._backbone_chain(),
-            self._head_losses,
-            num_modules=num_modules,
-            method=method,
-            hilo=hilo,
-            pff=pff,
-            splits=splits,
-            balance=balance,
-            hilo_weights=tuple(hilo_weights),
-            aux_options=aux_options,
-            input_size=(3, *crop),
-            trace_size=(3, *(min(side, TRACE_SIDE) for side in crop)),
-        )
+        with _sync_bn_as_bn(self.backbone):
+            local = DenseLocalModel(
+                self._backbone_chain(),
+                self._head_losses,
+                num_modules=num_modules,
+                method=method,
+                hilo=hilo,
+                pff=pff,
+                splits=splits,
+                balance=balance,
+                hilo_weights=tuple(hilo_weights),
+                aux_options=aux_options,
+                input_size=(3, *crop),
+                trace_size=(3, *(min(side, TRACE_SIDE) for side in crop)),
+            )
         object.__setattr__(self, "_local", local)  # shares the backbone: not a submodule
         self.local_aux = local.aux
 
@@ -136,6 +143,22 @@ class HPFFEncoderDecoder(EncoderDecoder):
             std=(preprocessor.std.flatten() / scale).tolist(),
         )
 
+    def init_weights(self) -> None:
+        """mmengine's weight initialisation; a pretrained backbone that cannot be downloaded is
+        one clear error saying how to start otherwise, instead of a raw ``URLError``."""
+        try:
+            super().init_weights()
+        except URLError as error:
+            init_cfg = self.backbone.init_cfg
+            source = init_cfg.get("checkpoint") if isinstance(init_cfg, dict) else None
+            raise PretrainedUnavailableError(
+                f"cannot download the pretrained backbone {source or ''} ({error.reason}). "
+                "Offline? Start from an hpff-zoo ResNet checkpoint (recipes/segmentation.py "
+                "--backbone-checkpoint SOURCE), from random weights (--cfg-options "
+                "model.pretrained=None), or put the file in torch's hub cache "
+                "($TORCH_HOME/hub/checkpoints) first."
+            ) from error
+
     # --- training ---------------------------------------------------------------------------
 
     def _head_losses(self, inputs: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
@@ -152,7 +175,9 @@ class HPFFEncoderDecoder(EncoderDecoder):
         if self._local is not None:
             raise RuntimeError(
                 f"method={self.method!r} trains through train_step (streamed, module by "
-                "module); a single loss over the whole network would be end-to-end training"
+                "module); a single loss over the whole network would be end-to-end training. "
+                "Under a distributed launcher wrap the model with "
+                "model_wrapper_cfg=dict(type='HPFFDistributedDataParallel') (the recipes do)"
             )
         self._check_batch_size(inputs)
         return super().loss(inputs, data_samples)
@@ -165,22 +190,95 @@ class HPFFEncoderDecoder(EncoderDecoder):
             )
 
     def train_step(self, data: Any, optim_wrapper: OptimWrapper) -> dict[str, Tensor]:
-        """One training iteration; local methods stream it through ``optim_wrapper``."""
+        """One training iteration; local methods stream it through ``optim_wrapper``.
+
+        Every loss of the streamed step goes through ``optim_wrapper.backward`` (loss scaling
+        for AMP), divided by the wrapper's accumulation factor. On the iteration that steps the
+        optimizer, the gradients are averaged over processes once (data-parallel runs, see
+        :mod:`hpff_zoo.seg.distributed`) and every loss is checked before the step.
+        """
         if self._local is None:
             return super().train_step(data, optim_wrapper)
-        if getattr(optim_wrapper, "_accumulative_counts", 1) != 1:
-            raise ValueError("gradient accumulation is not supported with local methods")
+        count = optim_wrapper.inner_count
+        scale = float(optim_wrapper.scale_loss(torch.ones(())))  # 1 / accumulation factor
+
+        def backward(loss: Tensor) -> None:
+            optim_wrapper.backward(loss * scale)
+
         with optim_wrapper.optim_context(self):
             data = self.data_preprocessor(data, True)
             inputs = data["inputs"]
             self._check_batch_size(inputs)
             labels = torch.stack([s.gt_sem_seg.data[0] for s in data["data_samples"]]).long()
-            module_losses = self._local.local_step(inputs, labels, optim_wrapper.backward)
-        optim_wrapper.step()
-        optim_wrapper.zero_grad()
+            module_losses = self._local.local_step(inputs, labels, backward)
+        # mmengine counts iterations by backward calls (one per iteration in update_params);
+        # the streamed step made many, and accumulation must see one.
+        optim_wrapper._inner_count = count + 1
         losses = {k: v.detach() for k, v in self._local.head_losses.items()}
+        bad = self._non_finite(module_losses, losses)
+        if optim_wrapper.should_update():
+            if average_gradients(self.parameters(), flag=bool(bad)):  # bad on any process
+                optim_wrapper.zero_grad()
+                self._stop(bad or {"another process (see its error)": math.nan})
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        elif bad:
+            optim_wrapper.zero_grad()
+            self._stop(bad)
         for name, value in module_losses.items():
             if name != "head":
                 losses[f"{name}.loss_local"] = torch.tensor(value, device=inputs.device)
         _, log_vars = self.parse_losses(losses)
         return log_vars
+
+    def _non_finite(
+        self, module_losses: dict[str, float], head_losses: dict[str, Tensor]
+    ) -> dict[str, float]:
+        """Where this step's losses are NaN/inf: ``{"module2 (local loss)": nan, ...}``."""
+        bad = {
+            f"{name} (local loss)": value
+            for name, value in module_losses.items()
+            if name != "head" and not math.isfinite(value)
+        }
+        bad.update(
+            {
+                f"module{self._local.num_modules} ({name})": float(value)
+                for name, value in head_losses.items()
+                if "loss" in name and not torch.isfinite(value).all()
+            }
+        )
+        return bad
+
+    def _stop(self, bad: dict[str, float]) -> NoReturn:
+        """Refuse to step on a NaN/inf loss, naming where it came from.
+
+        Every local loss has already been back-propagated into its own module, so one bad loss
+        has put NaN into that module's gradient only; stepping would write it into the weights
+        and every later step would be NaN too, with the log naming no culprit. The caller has
+        discarded the gradients; ``FloatingPointError`` stops the run before the optimizer steps.
+        """
+        found = ", ".join(f"{where} = {value}" for where, value in bad.items())
+        raise FloatingPointError(
+            f"method={self.method!r}: non-finite loss in {found}; the optimizer was not "
+            "stepped. Check that batch's images and labels, the learning rate, or the "
+            "module's auxiliary (model.local_aux)."
+        )
+
+
+@contextmanager
+def _sync_bn_as_bn(module: nn.Module) -> Iterator[None]:
+    """Run SyncBN layers as plain BN for a while: the partitioner's passes on CPU tensors.
+
+    In a distributed run the backbone keeps its SyncBN, but the partitioner runs it in training
+    mode on CPU (fake) tensors while the model is built, where SyncBN would demand a GPU and a
+    collective. The layers' class is swapped for ``BatchNorm2d`` (same parameters and buffers),
+    then restored.
+    """
+    swapped = [(m, type(m)) for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
+    for m, _ in swapped:
+        m.__class__ = nn.BatchNorm2d
+    try:
+        yield
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls

@@ -8,11 +8,19 @@ custom_imports = dict(imports=["hpff_zoo.seg"], allow_failed_imports=False)
 
 # method="e2e" is mmseg's EncoderDecoder exactly (same modules, losses and state dict).
 # SyncBN in the base config becomes BN automatically in single-process runs (mmengine's runner,
-# and HPFFEncoderDecoder itself for local methods).
+# and HPFFEncoderDecoder itself for local methods) and stays SyncBN in multi-GPU runs.
 model = dict(type="HPFFEncoderDecoder", method="e2e")
 
-# The paper's batch of 8, on one GPU (local methods train single-process).
+# The paper's batch of 8 on one GPU. The batch size is per process: under a distributed launcher
+# with 4 GPUs, --cfg-options train_dataloader.batch_size=2 keeps the global batch of 8.
 train_dataloader = dict(batch_size=8, num_workers=4)
+
+# Data-parallel runs (--launcher pytorch): the local methods' streamed step runs under no_sync and
+# averages its gradients once per optimizer step (E2E is plain DDP); on CPUs it runs over gloo.
+# Without SyncBN (CPU runs), each process's BatchNorm statistics are averaged before validation
+# and at the end of training.
+model_wrapper_cfg = dict(type="HPFFDistributedDataParallel")
+custom_hooks = [dict(type="SyncBuffersHook")]
 
 # Test-time augmentation (launcher: test --tta ss|ms|ms-flip). MS+flip is mmseg's own
 # tta_pipeline from the base config; MS alone keeps only the unflipped branch.
