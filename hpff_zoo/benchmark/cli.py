@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help in (
         ("memory", "peak step memory (MemoryMeter) and static memory of each configuration"),
         ("speed", "interleaved step time and FLOPs of each configuration"),
+        ("tradeoff", "both: peak step memory against step time, one point per configuration"),
     ):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--model", default="hpff_resnet32", help="an hpff_* model name")
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--repetitions", type=int, default=10, help="timed steps per configuration (speed)"
         )
-        if name == "memory":
+        if name in ("memory", "tradeoff"):
             sub.add_argument(
                 "--rss",
                 action=argparse.BooleanOptionalAction,
@@ -184,15 +185,22 @@ def _steps(args: argparse.Namespace) -> list[StepMeasurement]:
     models = [build(args.model, c, k, args.img_size, args.num_classes, device) for c, k in pairs]
     x, y = example_batch(models[0], args.batch_size, args.img_size, device)
     configs = [c for c, _ in pairs]
+    if args.command == "speed":
+        return speed_measurements(configs, models, x, y, args.repetitions)
+    rss = [
+        rss_growth_bytes(args.model, c, k, args.img_size, args.num_classes, args.batch_size)
+        if device.type == "cpu" and args.rss
+        else None
+        for c, k in pairs
+    ]
+    memory = [measure_memory(m, c, x, y, r) for c, m, r in zip(configs, models, rss)]
     if args.command == "memory":
-        rss = [
-            rss_growth_bytes(args.model, c, k, args.img_size, args.num_classes, args.batch_size)
-            if device.type == "cpu" and args.rss
-            else None
-            for c, k in pairs
-        ]
-        return [measure_memory(m, c, x, y, r) for c, m, r in zip(configs, models, rss)]
-    return speed_measurements(configs, models, x, y, args.repetitions)
+        return memory
+    speed = speed_measurements(configs, models, x, y, args.repetitions)
+    return [
+        replace(s, peak_mib=m.peak_mib, static_mib=m.static_mib, rss_mib=m.rss_mib)
+        for m, s in zip(memory, speed)
+    ]
 
 
 def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table: str) -> None:
@@ -208,11 +216,14 @@ def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table
     }
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
     (args.out / f"{stem}.md").write_text(table + "\n")
-    if args.no_plots or args.command != "memory" or not any(r.config == "e2e" for r in results):
+    if args.no_plots or args.command == "speed" or not any(r.config == "e2e" for r in results):
         return
-    from .plots import plot_memory, plot_memory_against_k
+    from .plots import plot_memory, plot_memory_against_k, plot_memory_against_time
 
     title = f"{args.model}, batch {args.batch_size}, {args.device}"
+    if args.command == "tradeoff":
+        plot_memory_against_time(results, title, args.out / f"{stem}.png")
+        return
     plot_memory(results, title, args.out / f"{stem}.png")
     if len({r.num_modules for r in results if r.config != "e2e"}) > 1:
         plot_memory_against_k(results, title, args.out / f"{stem}_vs_k.png")

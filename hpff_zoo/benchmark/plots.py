@@ -8,7 +8,12 @@ from pathlib import Path
 from .accuracy import CellResult
 from .steps import StepMeasurement
 
-__all__ = ["plot_memory", "plot_memory_against_k", "plot_training_curves"]
+__all__ = [
+    "plot_memory",
+    "plot_memory_against_k",
+    "plot_memory_against_time",
+    "plot_training_curves",
+]
 
 
 def _pyplot():
@@ -38,6 +43,20 @@ def plot_memory(results: Sequence[StepMeasurement], title: str, path: Path) -> P
     axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.set_xticks(list(positions), labels, fontsize=8)
     axis.set_ylabel("memory / E2E")
+    return _save(figure, axis, title, path)
+
+
+def plot_memory_against_time(results: Sequence[StepMeasurement], title: str, path: Path) -> Path:
+    """Step peak memory / E2E against step time / E2E: where each configuration trades."""
+    plt = _pyplot()
+    base = next(r for r in results if r.config == "e2e")
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for r in results:
+        point = (r.step_seconds / base.step_seconds, r.peak_mib / base.peak_mib)
+        axis.scatter(*point, label=f"{r.config} (K={r.num_modules})")
+    axis.set_xlabel("step time / E2E")
+    axis.set_ylabel("step peak memory / E2E")
+    axis.set_ylim(bottom=0)
     return _save(figure, axis, title, path)
 
 

@@ -210,7 +210,14 @@ def speed_measurements(
     flops = [step_flops(model, x, y) / 1e9 for model in models]
     times = measure_speed(models, x, y, repetitions)
     return [
-        StepMeasurement(c, _modules(m), None, None, statistics.median(t), min(t), max(t), f)
+        StepMeasurement(
+            c,
+            _modules(m),
+            step_seconds=statistics.median(t),
+            step_seconds_min=min(t),
+            step_seconds_max=max(t),
+            gflops=f,
+        )
         for c, m, t, f in zip(configs, models, times, flops)
     ]
 
@@ -246,6 +253,20 @@ def steps_table(command: str, results: Sequence[StepMeasurement]) -> str:
                 growth = "-" if r.rss_mib is None else f"{r.rss_mib:.1f}"
                 line += f" {growth} | {_ratio(r.rss_mib, base and base.rss_mib)} |"
             lines.append(line)
+        return "\n".join(lines)
+    if command == "tradeoff":
+        lines = [
+            "| configuration | K | step peak / E2E | process RSS growth / E2E | step time / E2E "
+            "| GFLOP / E2E |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            lines.append(
+                f"| {r.config} | {r.num_modules} | {_ratio(r.peak_mib, base and base.peak_mib)} "
+                f"| {_ratio(r.rss_mib, base and base.rss_mib)} "
+                f"| {_ratio(r.step_seconds, base and base.step_seconds)} "
+                f"| {_ratio(r.gflops, base and base.gflops)} |"
+            )
         return "\n".join(lines)
     lines = [
         "| configuration | K | s / step: median [min, max] | / E2E | GFLOP / step | / E2E |",
