@@ -44,9 +44,13 @@ from .measure import training_flops
 from .partition import Balance, Partition, partition_backbone
 from .patches import grid_slices
 
-__all__ = ["METHODS", "LocalModel", "from_timm"]
+__all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm"]
 
 METHODS = ("e2e", *AUX_METHODS)
+# The auxiliaries of the hpff_* models and from_timm, chosen by measurement (README: "Choosing the
+# default auxiliaries"): cheap ones, each held to 10 % of its module's training FLOPs. The
+# LocalModel class itself defaults to the official architecture.
+DEFAULT_AUX = dict(aux="cheap", aux_budget=0.1, pff_scope="all")
 OFFICIAL_HILO_WEIGHTS = (0.001, 0.999)
 
 Backward = Callable[[Tensor], Any]
@@ -682,14 +686,15 @@ def from_timm(
         model_or_name: a timm model instance, or a name for ``timm.create_model``.
         num_modules, method, hilo, pff: see :class:`LocalModel`.
         **kwargs: :class:`LocalModel` options (``splits``, ``balance``, ``hilo_weights``,
-            ``aux_options``, ``input_size``); everything else goes to ``timm.create_model``
-            (``pretrained``, ``num_classes``, ``in_chans``, ...).
+            ``aux_options``, ``input_size``, ``aux``, ``aux_budget``, ``pff_scope``: by default
+            :data:`DEFAULT_AUX`, as the hpff_* models); everything else goes to
+            ``timm.create_model`` (``pretrained``, ``num_classes``, ``in_chans``, ...).
     """
     local_keys = {
         "splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size", "aux",
         "aux_budget", "pff_scope",
     }  # fmt: skip
-    local_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
+    local_kwargs = {**DEFAULT_AUX, **{k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}}
     if isinstance(model_or_name, str):
         import timm
 

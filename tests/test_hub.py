@@ -147,7 +147,7 @@ def test_pretrained_with_new_classes_resets_head_and_auxiliaries(exported):
         pretrained_cfg_overlay=overlay,
     )  # fmt: skip
     assert tuned.backbone.fc.out_features == 5
-    assert tuned.aux["independent"]["module1"].classifier.out_features == 5
+    assert tuned.aux["independent"]["module1"].classifier[-1].out_features == 5
     for key, value in model.backbone.state_dict().items():
         if not key.startswith("fc."):
             assert torch.equal(tuned.backbone.state_dict()[key], value), key

@@ -23,7 +23,7 @@ import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from ..local import LocalModel
+from ..local import DEFAULT_AUX, LocalModel
 from .pretrained import filter_checkpoint, load_with_fallback
 from .tags import TAGS
 
@@ -39,7 +39,7 @@ HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "hpff_vgg13": ("vgg13", dict(num_modules=10, method="dgl")),
     "hpff_vit_base_patch16_224": ("vit_base_patch16_224", dict(num_modules=12, method="dgl")),
 }
-HPFF_DEFAULTS = dict(hilo=2, pff=2)
+HPFF_DEFAULTS = dict(hilo=2, pff=2, **DEFAULT_AUX)
 LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
     "input_size", "trace_size", "aux", "aux_budget", "pff_scope",

@@ -151,6 +151,8 @@ class TagSpec:
         preset: the recipe preset (``recipes/presets/<preset>.yaml``) fixing the rest of the
             schedule (batch, learning rate, training subset), if any.
         train_images: images per epoch when the preset trains on a subset (compute estimate).
+        aux, aux_budget, pff_scope: the auxiliary networks that trained it (see
+            :mod:`hpff_zoo.aux.arch`); ``None``: the model's defaults.
     """
 
     arch: str
@@ -163,6 +165,9 @@ class TagSpec:
     epochs: int
     preset: str | None = None
     train_images: int | None = None
+    aux: str | None = None
+    aux_budget: float | None = None
+    pff_scope: str | None = None
 
     @property
     def tag(self) -> str:
@@ -205,7 +210,12 @@ class TagSpec:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The local-learning settings this tag was trained with."""
-        return dict(method=self.method, num_modules=self.num_modules, hilo=self.hilo, pff=self.pff)
+        kwargs = dict(
+            method=self.method, num_modules=self.num_modules, hilo=self.hilo, pff=self.pff
+        )
+        if self.aux is not None:  # a pinned architecture, budget and scope (else the defaults)
+            kwargs.update(aux=self.aux, aux_budget=self.aux_budget, pff_scope=self.pff_scope)
+        return kwargs
 
     def pretrained_cfg(self) -> dict[str, Any]:
         """The timm pretrained cfg: weights location, preprocessing, head names under backbone."""
@@ -243,9 +253,11 @@ def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, e
 
 def _cpu_spec(method: str, k: int, hpff: bool) -> TagSpec:
     """A Fashion-MNIST tag trained on this project's CPU budget (preset ``fmnist-cpu``: 10,000
-    training images, 2 epochs), the same budget as the benchmark's accuracy grid."""
+    training images, 2 epochs), the same budget as the benchmark's accuracy grid. They were
+    trained before auxiliaries became a setting, with what is now the ``paper`` architecture
+    (its decoder then convolved before upsampling) on patches of the whole map."""
     spec = _spec("hpff_resnet32", "cifar_resnet32", "fmnist", method, k, hpff, epochs=2)
-    return replace(spec, preset="fmnist-cpu", train_images=10_000)
+    return replace(spec, preset="fmnist-cpu", train_images=10_000, aux="paper", pff_scope="all")
 
 
 # The first tag of each architecture is its default (timm's rule when no tag has weights yet);
