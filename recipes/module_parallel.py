@@ -21,13 +21,15 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
+from common import create_optimizer, load_data, make_accelerator, make_loaders
 from tqdm.auto import tqdm
 
 from hpff_zoo.parallel import ModuleParallel, init_stages
 from hpff_zoo.training import (
     MetricsWriter,
+    ThreadChoice,
     evaluate,
-    save_backbone,
+    save_model,
     summarize_losses,
     warmup_cosine,
 )
@@ -37,7 +39,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse the loop features module-parallel training does not offer."""
     unsupported = {
         "--resume": args.resume is not None,
-        "--grad-accum > 1 (use --micro-batches)": args.grad_accum != 1,
+        "--grad-accum > 1 (use --micro-batches)": args.grad_accum not in (None, 1),
         "--mixed-precision fp16 (bf16 works)": args.mixed_precision == "fp16",
         "--push-to-hub (publish the export with python -m hpff_zoo.hub)": args.push_to_hub
         is not None,
@@ -51,25 +53,25 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
-def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, Any]:
+def train_module_parallel(
+    args: argparse.Namespace, build_model, threads: ThreadChoice
+) -> dict[str, Any]:
     """Train, evaluate every epoch, export; returns the last epoch's record."""
-    from loop import _load_data, _loaders, _make_accelerator, create_optimizer
-
     check_args(args)
     try:
         init_stages(timeout=args.stage_timeout)  # before Accelerate, which reuses the group
     except RuntimeError as error:
         raise SystemExit(f"error: {error}") from None
-    accelerator = _make_accelerator(args)
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
-    data = _load_data(args, accelerator)
+    data = load_data(args, accelerator)
     model = build_model(args, data).to(accelerator.device)
     try:
         stage = ModuleParallel(model, args.module_parallel, micro_batches=args.micro_batches)
     except ValueError as error:  # wrong number of processes, MAN, ...: one clear message
         raise SystemExit(f"error: {error}") from None
     # The loop's loaders with one process per batch: every stage reads the whole batch.
-    data_config, train_set, train_loader, test_loader = _loaders(args, _Unsplit(), data, model)
+    data_config, train_set, train_loader, test_loader = make_loaders(args, 1, data, model)
     test_loader = accelerator.prepare(test_loader)
     optimizer = create_optimizer(args, stage.parameters())
     total_steps = args.epochs * len(train_loader)
@@ -77,7 +79,10 @@ def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, An
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, args.min_lr / args.lr)
     output = Path(args.output_dir)
     metrics = MetricsWriter(output / "metrics.jsonl", enabled=accelerator.is_main_process)
-    accelerator.print(f"module-parallel over {stage.num_stages} processes:\n{stage.describe()}")
+    accelerator.print(
+        f"module-parallel over {stage.num_stages} processes, {threads.describe()}:\n"
+        f"{stage.describe()}"
+    )
 
     record: dict[str, Any] = {}
     for epoch in range(args.epochs):
@@ -122,12 +127,6 @@ def train_module_parallel(args: argparse.Namespace, build_model) -> dict[str, An
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_backbone(model, output, data_config, data.label_names)
+        save_model(model, output, args.dataset, data_config, data.label_names)
     accelerator.end_training()
     return record
-
-
-class _Unsplit:
-    """What ``_loaders`` reads of an Accelerator, for loaders that every process reads whole."""
-
-    num_processes = 1

@@ -195,18 +195,18 @@ def test_help_explains_every_flag(script, capsys, monkeypatch):
 def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     import cifar
+    import common
     import imagenet
-    import loop
 
     def parse(recipe, *argv, auto=lambda args: args.dataset):
-        parser = loop.build_parser("", recipe.PAPER_DEFAULTS)
-        return loop.parse_args(parser, list(argv), auto_preset=auto)
+        parser = common.build_parser("", recipe.PAPER_DEFAULTS)
+        return common.parse_args(parser, list(argv), auto_preset=auto)
 
     def settings(args):
         return args.batch_size, args.lr, args.epochs, args.num_modules, args.preset
 
     assert settings(parse(cifar)) == (16, 0.2, 3, 4, "mnist5k")  # the embedded default
-    assert settings(parse(cifar, "--dataset", "cifar10")) == (1024, 0.8, 400, None, None)
+    assert settings(parse(cifar, "--dataset", "cifar10")) == (1024, 0.8, 400, None, "cifar10")
     assert settings(parse(cifar, "--dataset", "stl10")) == (128, 0.1, 400, None, "stl10")
     assert settings(parse(cifar, "--lr", "0.05")) == (16, 0.05, 3, 4, "mnist5k")
     assert parse(cifar, "--dataset", "uoft-cs/cifar10").preset is None
@@ -249,7 +249,7 @@ def test_memory_budget_lets_the_planner_choose_k(tmp_path):
 
     flags = ["--max-train-samples", "32", "--max-eval-samples", "16", "--epochs", "1",
              "--batch-size", "16", "--method", "dgl", "--hilo", "0", *QUICK]  # fmt: skip
-    e2e = hpff_zoo.plan("hpff_resnet32", 16, None, "16GiB", method="dgl", hilo=False, in_chans=1)
+    e2e = hpff_zoo.plan("hpff_resnet32", 16, 28, "16GiB", method="dgl", hilo=False, in_chans=1)
     budget = int(0.6 * e2e.chosen.predicted_bytes)
     stdout = check(run_recipe("cifar.py", *flags, "--memory-budget", str(budget),
                               "--output-dir", str(tmp_path / "run")))  # fmt: skip
