@@ -588,11 +588,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
+    """One row per tag: name, description, where its weights are; columns as wide as needed."""
+    rows = [("tag", "description", "weights")]
     for name, spec in TAGS.items():
         where = [f"hub:{spec.hf_hub_id}"] if name in tags.HUB_PUBLISHED else []
         if shipped_folder(name):
             where.append(f"shipped:{shipped_folder(name)}")
-        print(f"{name:<48} {spec.description:<80} {' '.join(where) or 'no weights yet'}")
+        rows.append((name, spec.description, " ".join(where) or "no weights yet"))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, description, where in rows:
+        print(f"{name:<{widths[0]}}  {description:<{widths[1]}}  {where}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,6 +53,7 @@ from hpff_zoo.training import (
     peak_memory_against_e2e,
     save_model,
     summarize_losses,
+    unweighted_losses,
     warmup_cosine,
 )
 
@@ -118,6 +119,7 @@ class _Run:
                     peak = meter.report.peak_mib
                 else:
                     losses = local_step(accelerator, self.model, x, y)
+                losses = unweighted_losses(self.net, losses)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad()

@@ -31,6 +31,7 @@ from hpff_zoo.training import (
     evaluate,
     save_model,
     summarize_losses,
+    unweighted_losses,
     warmup_cosine,
 )
 
@@ -105,7 +106,9 @@ def train_module_parallel(
             scheduler.step()
             optimizer.zero_grad()
             if stage.is_last:
-                bar.set_postfix_str(summarize_losses(losses), refresh=False)
+                bar.set_postfix_str(
+                    summarize_losses(unweighted_losses(model, losses)), refresh=False
+                )
         seconds = time.perf_counter() - start
         stage.synchronize()
         results = evaluate(accelerator, model, test_loader)

@@ -4,7 +4,8 @@
   although it runs many backward calls (DDP's own hooks cannot do that);
 * :class:`CheckpointManager` / :class:`TrainingProgress`: crash-safe ``save_state`` checkpoints
   and the position ``--resume`` continues from;
-* :func:`warmup_cosine`, :func:`evaluate`, :class:`MetricsWriter`, :func:`summarize_losses`;
+* :func:`warmup_cosine`, :func:`evaluate`, :class:`MetricsWriter`, :func:`summarize_losses`,
+  :func:`unweighted_losses`;
 * :func:`save_model`: the final weights in the run directory, in the Hub folder format;
 * :func:`peak_memory_against_e2e`: the peak step memory a run's record reports;
 * :func:`configure_threads`: the intra-op CPU threads of a training process.
@@ -14,7 +15,7 @@ Unlike the core library, this package needs Accelerate.
 
 from .checkpoint import CheckpointManager, TrainingProgress
 from .export import save_model
-from .metrics import MetricsWriter, evaluate, summarize_losses
+from .metrics import MetricsWriter, evaluate, summarize_losses, unweighted_losses
 from .record import peak_memory_against_e2e
 from .schedule import warmup_cosine
 from .step import average_buffers, average_gradients, local_step
@@ -34,5 +35,6 @@ __all__ = [
     "peak_memory_against_e2e",
     "save_model",
     "summarize_losses",
+    "unweighted_losses",
     "warmup_cosine",
 ]

@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricsWriter", "evaluate", "summarize_losses"]
+from ..local import LocalModel
+
+__all__ = ["MetricsWriter", "evaluate", "summarize_losses", "unweighted_losses"]
 
 
 @torch.no_grad()
-def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
+def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float | None]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of the backbone over ``loader``;
     top-5 is None for five classes or fewer, where it would always be 100 %.
 
@@ -54,6 +56,25 @@ def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
         "top5": 100 * top5 if informative else None,
         "loss": loss,
         "examples": count,
+    }
+
+
+def unweighted_losses(model: LocalModel, losses: dict[str, float]) -> dict[str, float]:
+    """``local_step``'s losses without the HiLo weights they were trained with.
+
+    With HiLo a module's loss is ``w_ind`` × its own auxiliary loss (+ ``w_cas`` × the cascade
+    auxiliary's, where one closes a window): with the official (0.001, 0.999), the first
+    module's loss shows as a thousandth of itself, which looks converged. Dividing by the
+    weights applied gives each module's (weighted-mean) auxiliary cross-entropy, comparable with
+    the head's.
+    """
+    w_ind, w_cas = model.hilo_weights if model.cascade_size > 1 else (1.0, 0.0)
+    cascade = model.aux["cascade"] if model.uses_aux and "cascade" in model.aux else {}
+    return {
+        name: value / (w_ind + (w_cas if name in cascade else 0.0))
+        if name.startswith("module")
+        else value
+        for name, value in losses.items()
     }
 
 
