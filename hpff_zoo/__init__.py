@@ -13,7 +13,7 @@ Any timm classifier can be wrapped with :func:`from_timm`.
 from . import models  # noqa: F401  (registers the timm models)
 from .aux import AUX_METHODS, AuxNet, AuxSpec, register_aux
 from .local import METHODS, LocalModel, from_timm
-from .memory import MemoryMeter, MemoryReport
+from .measure import MemoryMeter, MemoryReport
 from .parallel import ModuleParallel
 from .partition import Partition, partition_backbone, register_flattener
 

@@ -22,8 +22,8 @@ import timm
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
-from .benchmark import measure_flops
 from .local import LocalModel
+from .measure import step_flops
 from .models.tags import DATASETS, PAPERS, Dataset, Paper, TagSpec
 
 __all__ = [
@@ -151,7 +151,7 @@ def estimate_compute(
     model = (model or timm.create_model(spec.name)).train()
     x = torch.randn(batch_size, *spec.dataset.data_cfg["input_size"])
     y = torch.randint(0, spec.dataset.num_classes, (batch_size,))
-    flops = measure_flops(model, x, y) / batch_size
+    flops = step_flops(model, x, y) / batch_size
     return ComputeEstimate(flops, spec.train_images or spec.dataset.num_train, spec.epochs)
 
 

@@ -55,8 +55,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from .benchmark.steps import FlopCounter
 from .local import Backward, LocalModel, _default_backward, _StreamedStep
+from .measure import FlopCounter
 from .partition import balanced_split
 
 __all__ = [

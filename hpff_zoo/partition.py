@@ -27,7 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
+
+from .measure import FlopCounter
 
 __all__ = [
     "Atom",
@@ -341,12 +342,12 @@ def measure_costs(
 
                 with (
                     torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-                    FlopCounterMode(display=False) as flops,
+                    FlopCounter() as flops,
                 ):
                     # A non-leaf input, so that the atom's saved input counts as an activation.
                     x = atom(x.detach().requires_grad_().view_as(x))
                 nbytes = sum(t.numel() * t.element_size() for t in saved.values())
-                costs.append(AtomCost(nbytes, flops.get_total_flops(), tuple(x.shape)))
+                costs.append(AtomCost(nbytes, flops.total, tuple(x.shape)))
     finally:
         with torch.no_grad():
             for name, buf in backbone.named_buffers():

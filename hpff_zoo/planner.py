@@ -28,7 +28,7 @@ import timm
 import torch
 
 from .local import LocalModel
-from .memory import step_peak_bytes
+from .measure import step_peak_bytes
 
 __all__ = ["Candidate", "Plan", "format_bytes", "parse_bytes", "plan"]
 

@@ -6,7 +6,7 @@ import timm
 import torch
 
 from hpff_zoo import MemoryMeter
-from hpff_zoo.memory import step_peak_bytes
+from hpff_zoo.measure import step_peak_bytes
 
 from .helpers import batch
 

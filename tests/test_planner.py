@@ -7,7 +7,7 @@ import timm
 import torch
 
 import hpff_zoo
-from hpff_zoo.memory import step_peak_bytes
+from hpff_zoo.measure import step_peak_bytes
 from hpff_zoo.planner import parse_bytes, predict_dynamic_bytes, static_bytes
 
 

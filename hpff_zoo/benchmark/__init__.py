@@ -16,6 +16,6 @@ table and PNG plots (:mod:`.plots`) into ``--out``.
 """
 
 from .cli import main
-from .steps import measure_flops, measure_speed, model_kwargs
+from .steps import measure_speed, model_kwargs
 
-__all__ = ["main", "measure_flops", "measure_speed", "model_kwargs"]
+__all__ = ["main", "measure_speed", "model_kwargs"]

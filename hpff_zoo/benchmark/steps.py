@@ -24,19 +24,15 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from ..local import METHODS, LocalModel
-from ..memory import step_peak_bytes
+from ..measure import step_flops, step_peak_bytes
 from ..planner import static_bytes
 
 __all__ = [
-    "FlopCounter",
     "StepMeasurement",
     "build",
     "example_batch",
-    "measure_flops",
     "measure_memory",
     "measure_speed",
     "model_kwargs",
@@ -115,38 +111,6 @@ def measure_memory(model: LocalModel, config: str, x, y) -> StepMeasurement:
     )
 
 
-class FlopCounter(TorchDispatchMode):
-    """Sums torch's FLOP formulas over every operator run, backward passes included.
-
-    torch's FlopCounterMode also tracks modules through autograd hooks, which
-    ``torch.autograd.grad`` on leaf inputs (HiLo's input-gradient pass) does not support.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
-def measure_flops(model: LocalModel, x: torch.Tensor, y: torch.Tensor) -> int:
-    """FLOPs of one ``local_step`` (forward, every backward, auxiliaries), counted by torch.
-
-    Hardware-independent, so it tells which part of a time ratio is arithmetic and which is
-    overhead (small kernels, Python) on the machine at hand.
-    """
-    model.train()
-    with FlopCounter() as counter:
-        model.local_step(x, y)
-    return counter.total
-
-
 def measure_speed(
     models: Sequence[LocalModel], x: torch.Tensor, y: torch.Tensor, repetitions: int = 10
 ) -> list[list[float]]:
@@ -168,7 +132,7 @@ def measure_speed(
 def speed_measurements(
     configs: Sequence[str], models: Sequence[LocalModel], x, y, repetitions: int
 ) -> list[StepMeasurement]:
-    flops = [measure_flops(model, x, y) / 1e9 for model in models]
+    flops = [step_flops(model, x, y) / 1e9 for model in models]
     times = measure_speed(models, x, y, repetitions)
     return [
         StepMeasurement(c, _modules(m), None, None, statistics.median(t), min(t), max(t), f)

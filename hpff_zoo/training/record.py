@@ -3,7 +3,7 @@
 A card must not show a figure its run did not measure (see :class:`hpff_zoo.cards.RunRecord`).
 The peak step memory is measured here, after training, on the run's own batch shape, for the
 trained setting and for E2E on the same backbone, with one function
-(:func:`hpff_zoo.memory.step_peak_bytes`): both figures then count the same things, and the
+(:func:`hpff_zoo.measure.step_peak_bytes`): both figures then count the same things, and the
 ratio between them is the memory the method saves.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..local import LocalModel
-from ..memory import step_peak_bytes
+from ..measure import step_peak_bytes
 
 __all__ = ["peak_memory_against_e2e"]
 
