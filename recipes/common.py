@@ -616,6 +616,7 @@ def make_loaders(args, num_processes: int, data, model):
     channels = model.input_size[0]
     data_config = resolve_data_config(model.backbone, channels, args.img_size)
     train_transform, eval_transform = create_transforms(data_config, args.hflip, args.crop_padding)
+    check_resolution(args, data, data_config)
     train_set = TransformedDataset(data.train, train_transform, channels, seed=args.seed)
     test_set = TransformedDataset(data.test, eval_transform, channels)
     if args.batch_size % args.grad_accum:

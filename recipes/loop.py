@@ -24,7 +24,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from common import (
     check_model,
-    check_resolution,
     create_optimizer,
     describe_run,
     first_line,
@@ -308,7 +307,6 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     model = build_checked(args, build_model, data)
     loaders = make_loaders(args, accelerator.num_processes, data, model)
     data_config, train_set, train_loader, test_loader = loaders
-    check_resolution(args, data, data_config)
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
     accelerator.print(
         describe_run(args, accelerator, data, model, data_config, steps_per_epoch, threads)

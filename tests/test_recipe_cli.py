@@ -199,28 +199,37 @@ def test_accelerate_launch_settings_apply_unless_the_flag_is_given(flags, expect
     [
         (["--model", "hpff_resnt32"], "unknown model; did you mean hpff_resnet32"),
         (["--model", "hpff_resnet32.fmnist_k16"], "no such tag; did you mean"),
-        (["--num-modules", "99"], "num_modules=99 exceeds the 16 atoms"),
-        (["--pff", "64"], "pff=64 needs feature maps of at least 64x64"),
         (["--num-modules", "2", "--hilo", "3"], "--hilo 3 exceeds --num-modules 2"),
         (["--lr", "0"], "argument --lr: must be greater than 0"),
         (["--lr", "-0.1"], "argument --lr: must be greater than 0"),
         (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
         (["--epochs", "0"], "argument --epochs: must be at least 1"),
-        (["--dataset", "fashoin_mnist"], "did you mean fashion_mnist"),
         (["--dataset", "imagenet-1k"], "imagenet-1k trains with recipes/imagenet.py"),
+    ],
+)
+def test_flag_mistakes_are_one_line(args, expected, tmp_path, capsys, monkeypatch):
+    """Refused while parsing (the same main() the command runs, called in-process for speed)."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    cifar = __import__("cifar")
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main([*args, "--output-dir", str(output)])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in error and expected in error, error
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--dataset", "fashoin_mnist"], "'fashoin_mnist'; did you mean fashion_mnist"),
+        (["--num-modules", "99"], "num_modules=99 exceeds the 16 atoms"),
+        (["--pff", "64"], "pff=64 needs feature maps of at least 64x64"),
     ],
 )
 def test_user_mistakes_are_one_line_before_any_work(args, expected, tmp_path):
     output = tmp_path / "run"
     result = run_recipe("cifar.py", *TINY, *args, "--output-dir", str(output), timeout=120)
-    assert expected in one_line_error(result)
-    assert not output.exists()
-
-
-def test_images_smaller_than_the_models_input_are_not_upscaled_silently(tmp_path):
-    output = tmp_path / "run"
-    result = run_recipe("imagenet.py", "--dataset", "mnist5k", *TINY, "--output-dir", str(output))
-    expected = "the images are 28x28, smaller than the 224x224 input of hpff_resnet101"
     assert expected in one_line_error(result)
     assert not output.exists()
 
@@ -231,7 +240,9 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
     assert "is a file, not a directory" in one_line_error(result)
 
 
-def test_two_classes_report_no_top5(tmp_path):
+@pytest.fixture
+def two_classes(tmp_path):
+    """An image folder of two classes of 16x16 images, half the 32-px input of hpff_resnet32."""
     import numpy as np
     from PIL import Image
 
@@ -240,13 +251,22 @@ def test_two_classes_report_no_top5(tmp_path):
         for name in ("a", "b"):
             (tmp_path / "data" / split / name).mkdir(parents=True)
             for i in range(8):
-                pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+                pixels = rng.integers(0, 256, (16, 16), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
-    output = tmp_path / "run"
-    stdout = check(run_recipe("cifar.py", "--dataset", str(tmp_path / "data"), "--method", "e2e",
-                              "--epochs", "1", "--batch-size", "8", *QUICK,
-                              "--output-dir", str(output)))  # fmt: skip
-    assert "top-5 -" in stdout and json.loads((output / "run.json").read_text())["top5"] is None
+    return tmp_path / "data"
+
+
+def test_small_images_are_not_upscaled_silently_and_two_classes_have_no_top5(two_classes, tmp_path):
+    flags = ["--dataset", str(two_classes), "--method", "e2e", "--epochs", "1", "--batch-size",
+             "8", *QUICK, "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    message = one_line_error(run_recipe("cifar.py", *flags))
+    assert "the images are 16x16, smaller than the 32x32 input of hpff_resnet32" in message
+    assert "--img-size 32 to upscale them, or --img-size 16" in message
+    stdout = check(run_recipe("cifar.py", *flags, "--img-size", "16"))
+    assert (
+        "top-5 -" in stdout
+        and json.loads((tmp_path / "run" / "run.json").read_text())["top5"] is None
+    )
 
 
 # 12: no import cycle ----------------------------------------------------------------------------
