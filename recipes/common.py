@@ -20,6 +20,7 @@ import copy
 import difflib
 import functools
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 import hpff_zoo
+from hpff_zoo.benchmark.steps import example_batch
+from hpff_zoo.cards import RunRecord, describe_hardware
 from hpff_zoo.data import (
     EMBEDDED,
     KNOWN_DATASETS,
@@ -45,7 +48,12 @@ from hpff_zoo.data import (
 )
 from hpff_zoo.models import HPFF_MODELS, TAGS
 from hpff_zoo.planner import format_bytes, parse_bytes
-from hpff_zoo.training import ThreadChoice
+from hpff_zoo.training import (
+    CheckpointManager,
+    ThreadChoice,
+    TrainingProgress,
+    peak_memory_against_e2e,
+)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 HELP_FLAGS = ("-h", "--help")
@@ -645,6 +653,112 @@ def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()
     }
+
+
+# --- command line, checkpoints and resuming ------------------------------------------------------
+
+
+def command_line(launcher: str | None = None) -> str:
+    """This process's command line as the user would type it again (``launcher``: how the
+    processes were started, e.g. ``torchrun --nproc_per_node 2``)."""
+    return f"{launcher or 'python'} {shlex.join(sys.argv)}"
+
+
+def resume_point(args: argparse.Namespace, checkpoints: CheckpointManager) -> Path | None:
+    """The checkpoint ``--resume`` names (None: start a new run, and say so when --resume found
+    nothing); an earlier run's checkpoints without --resume are refused, never overwritten."""
+    if args.resume is None:
+        if checkpoints.latest() is not None:
+            raise SystemExit(
+                f"error: {args.output_dir} already holds checkpoints of an earlier run: pass "
+                "--resume to continue it, or choose another --output-dir"
+            )
+        return None
+    if args.resume != "latest":
+        path = Path(args.resume)
+        if not path.is_dir():
+            raise SystemExit(f"error: --resume {path}: no such checkpoint directory")
+        return path
+    latest = checkpoints.latest()
+    if latest is None:
+        print(f"--resume: no checkpoint in {checkpoints.directory} yet: starting a new run")
+    return latest
+
+
+def load_checkpoint(path: Path, checkpoints: CheckpointManager, load: Callable[[], None]) -> None:
+    """``load()`` the checkpoint at ``path``; a damaged one is one line that names the file that
+    cannot be read, and what to do about it."""
+    try:
+        load()
+    except Exception as error:
+        damaged = checkpoints.find_damage(path) or path
+        older = [p.name for p in checkpoints.checkpoints() if p.name < path.name]
+        advice = f"delete {path} to resume from {older[-1]}" if older else "start without --resume"
+        raise SystemExit(
+            f"error: cannot resume from {damaged}: {first_line(error)} (truncated or corrupt?); "
+            f"{advice}"
+        ) from None
+
+
+# --- what a finished run writes -------------------------------------------------------------------
+
+
+def format_top5(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def final_line(record: dict[str, Any], output: Path, accelerator: Accelerator) -> str:
+    """The last line of a run: its accuracy and everything it wrote, where."""
+    return (
+        f"test accuracy: top-1 {record['test_top1']:.2f}%  top-5 {format_top5(record['test_top5'])}"
+        f"  (outputs in {output}: model.safetensors + config.json, run.json, metrics.jsonl"
+        + (", TensorBoard logs in logs/" if accelerator.log_with else "")
+        + ")"
+    )
+
+
+def make_run_record(
+    args: argparse.Namespace,
+    net: hpff_zoo.LocalModel,
+    data,
+    record: dict[str, Any],
+    progress: TrainingProgress,
+    command: str,
+    wall_time: float,
+    batch: int,
+) -> RunRecord:
+    """What this run measured, for ``run.json`` and the model card (see ``hpff_zoo.cards``).
+
+    ``progress.command`` is the command that started the run, ``command`` this process's (they
+    differ after ``--resume``). Peak memory depends on shapes only, so it is measured on a
+    synthetic batch of the per-process size ``batch`` rather than by drawing from the
+    (distributed) train loader on one process.
+    """
+    device = next(net.parameters()).device
+    x, y = example_batch(net, batch, None, device)
+    peak, e2e_peak = peak_memory_against_e2e(net, x, y)
+    notes = [f"peak step memory measured at the per-process batch of {x.shape[0]}"]
+    if args.max_train_samples:
+        notes.insert(0, f"trained on a random subset of {len(data.train):,} training images")
+    if progress.command != command:
+        notes.append(f"resumed with `{command}`")
+    top5 = record["test_top5"]
+    return RunRecord(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        top1=round(record["test_top1"], 2),
+        top5=None if top5 is None else round(top5, 2),
+        command=progress.command,
+        hardware=describe_hardware(),
+        eval_split=data.test_split,
+        num_eval=len(data.test),
+        num_train=len(data.train),
+        batch_size=args.batch_size,
+        wall_time_s=round(wall_time, 1),
+        peak_memory_bytes=peak,
+        e2e_peak_memory_bytes=e2e_peak,
+        notes="; ".join(notes),
+    )
 
 
 # --- what a run will do, said before it starts ---------------------------------------------------

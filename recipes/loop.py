@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +22,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from common import (
     check_model,
+    command_line,
     create_optimizer,
     describe_run,
+    final_line,
     first_line,
+    format_top5,
+    load_checkpoint,
     load_data,
     make_accelerator,
     make_loaders,
+    make_run_record,
+    resume_point,
     tracker_config,
 )
 from module_parallel import train_module_parallel
@@ -37,8 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hpff_zoo
-from hpff_zoo.benchmark.steps import example_batch
-from hpff_zoo.cards import RunRecord, describe_hardware
+from hpff_zoo.cards import RunRecord
 from hpff_zoo.data import TransformedDataset
 from hpff_zoo.hub import RECORD_FILE, push_model
 from hpff_zoo.training import (
@@ -49,7 +52,6 @@ from hpff_zoo.training import (
     configure_threads,
     evaluate,
     local_step,
-    peak_memory_against_e2e,
     save_model,
     summarize_losses,
     unweighted_losses,
@@ -174,7 +176,8 @@ class _Run:
         peak = stats["peak_step_mib"]
         accelerator.print(
             f"epoch {epoch + 1}/{self.args.epochs}  train loss {record['train_loss']:.4f}  "
-            f"test top-1 {results['top1']:.2f}%  top-5 {_top5(results['top5'])}  peak step memory "
+            f"test top-1 {results['top1']:.2f}%  top-5 {format_top5(results['top5'])}  "
+            "peak step memory "
             + (f"{peak:.1f} MiB" if peak is not None else "-")
             + f"  {stats['epoch_seconds']:.1f} s"
         )
@@ -190,14 +193,6 @@ class _Run:
         return record
 
 
-def command_line(num_processes: int) -> str:
-    """This process's command line, as the user would type it again."""
-    script = shlex.join(sys.argv)
-    if num_processes > 1:
-        return f"accelerate launch --multi_gpu --num_processes {num_processes} {script}"
-    return f"python {script}"
-
-
 def build_checked(args: argparse.Namespace, build_model: BuildModel, data) -> hpff_zoo.LocalModel:
     """``build_model``, with a setting the model cannot take (K above its blocks, a PFF grid
     finer than a feature map, a HiLo cascade longer than K) as one line."""
@@ -207,44 +202,6 @@ def build_checked(args: argparse.Namespace, build_model: BuildModel, data) -> hp
         raise SystemExit(f"error: {first_line(error)}") from None
     check_model(args, model)
     return model
-
-
-def _top5(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
-
-
-def _run_record(args, run: _Run, data, record, wall_time: float) -> RunRecord:
-    """What this run measured, for ``run.json`` and the model card (see ``hpff_zoo.cards``).
-
-    Peak memory depends on shapes only, so it is measured on a synthetic batch of the
-    per-process size rather than by drawing from the (distributed) train loader on one process.
-    """
-    net, accelerator = run.net, run.accelerator
-    batch = args.batch_size // args.grad_accum // accelerator.num_processes
-    x, y = example_batch(net, batch, None, accelerator.device)
-    peak, e2e_peak = peak_memory_against_e2e(net, x, y)
-    notes = [f"peak step memory measured at the per-process batch of {x.shape[0]}"]
-    if args.max_train_samples:
-        notes.insert(0, f"trained on a random subset of {len(data.train):,} training images")
-    if run.progress.command != run.command:
-        notes.append(f"resumed with `{run.command}`")
-    top5 = record["test_top5"]
-    return RunRecord(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        top1=round(record["test_top1"], 2),
-        top5=None if top5 is None else round(top5, 2),
-        command=run.progress.command,
-        hardware=describe_hardware(),
-        eval_split=data.test_split,
-        num_eval=len(data.test),
-        num_train=len(data.train),
-        batch_size=args.batch_size,
-        wall_time_s=round(wall_time, 1),
-        peak_memory_bytes=peak,
-        e2e_peak_memory_bytes=e2e_peak,
-        notes="; ".join(notes),
-    )
 
 
 def _push(args, net: hpff_zoo.LocalModel, record: RunRecord) -> None:
@@ -259,39 +216,6 @@ def _push(args, net: hpff_zoo.LocalModel, record: RunRecord) -> None:
             f"{args.push_to_hub}`"
         ) from error
     print(f"pushed to https://huggingface.co/{args.push_to_hub}")
-
-
-def _resume_point(args, checkpoints: CheckpointManager) -> Path | None:
-    if args.resume is None:
-        if checkpoints.latest() is not None:
-            raise SystemExit(
-                f"error: {args.output_dir} already holds checkpoints of an earlier run: pass "
-                "--resume to continue it, or choose another --output-dir"
-            )
-        return None
-    if args.resume != "latest":
-        path = Path(args.resume)
-        if not path.is_dir():
-            raise SystemExit(f"error: --resume {path}: no such checkpoint directory")
-        return path
-    latest = checkpoints.latest()
-    if latest is None:
-        print(f"--resume: no checkpoint in {checkpoints.directory} yet: starting a new run")
-    return latest
-
-
-def _load_checkpoint(accelerator: Accelerator, path: Path, checkpoints: CheckpointManager) -> None:
-    """``load_state``, with a damaged checkpoint named in one line, and what to do about it."""
-    try:
-        accelerator.load_state(str(path))
-    except Exception as error:
-        damaged = checkpoints.find_damage(path) or path
-        older = [p.name for p in checkpoints.checkpoints() if p.name < path.name]
-        advice = f"delete {path} to resume from {older[-1]}" if older else "start without --resume"
-        raise SystemExit(
-            f"error: cannot resume from {damaged}: {first_line(error)} (truncated or corrupt?); "
-            f"{advice}"
-        ) from None
 
 
 def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
@@ -322,7 +246,11 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     model, optimizer, train_loader, test_loader, scheduler = prepared
     checkpoints = CheckpointManager(output / "checkpoints", keep=args.keep_checkpoints)
     metrics = MetricsWriter(output / "metrics.jsonl", enabled=accelerator.is_main_process)
-    command = command_line(accelerator.num_processes)
+    command = command_line(
+        f"accelerate launch --multi_gpu --num_processes {accelerator.num_processes}"
+        if accelerator.num_processes > 1
+        else None
+    )
     run = _Run(
         args,
         accelerator,
@@ -343,10 +271,10 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     if accelerator.is_main_process:
         checkpoints.remove_partial()
     accelerator.wait_for_everyone()
-    resume = _resume_point(args, checkpoints)
+    resume = resume_point(args, checkpoints)
     tracker_kwargs: dict[str, Any] = {}
     if resume is not None:
-        _load_checkpoint(accelerator, resume, checkpoints)
+        load_checkpoint(resume, checkpoints, lambda: accelerator.load_state(str(resume)))
         done = run.progress
         run.elapsed_before = done.elapsed_s
         accelerator.print(
@@ -371,15 +299,13 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(run.net, output, args.dataset, data_config, data.label_names)
-        run_record = _run_record(args, run, data, record, run.elapsed())
+        batch = args.batch_size // args.grad_accum // accelerator.num_processes
+        run_record = make_run_record(
+            args, run.net, data, record, run.progress, run.command, run.elapsed(), batch
+        )
         run_record.save(output / RECORD_FILE)
         if args.push_to_hub:
             _push(args, run.net, run_record)
-    accelerator.print(
-        f"test accuracy: top-1 {record['test_top1']:.2f}%  top-5 {_top5(record['test_top5'])}  "
-        f"(outputs in {output}: model.safetensors + config.json, run.json, metrics.jsonl"
-        + (", TensorBoard logs in logs/" if accelerator.log_with else "")
-        + ")"
-    )
+    accelerator.print(final_line(record, output, accelerator))
     accelerator.end_training()
     return record

@@ -299,3 +299,25 @@ def test_work_and_result_folders_are_ignored_but_recipe_results_are_not():
                               "recipes/results/accuracy/x"], cwd=ROOT, capture_output=True,
                              text=True)  # fmt: skip
     assert ignored.stdout.split() == ["work_dirs/x", "results/x"]
+
+
+# 11: module-parallel runs -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_module_parallel_run_records_logs_checkpoints_and_resumes(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]  # fmt: skip
+    flags = ["--module-parallel", "2", "--max-train-samples", "64", "--max-eval-samples", "32",
+             "--batch-size", "16", "--workers", "0", "--report-to", "tensorboard",
+             "--output-dir", str(tmp_path)]  # fmt: skip
+    first = check(run_recipe("cifar.py", *flags, "--epochs", "1", launcher=launcher))
+    assert f"(outputs in {tmp_path}: model.safetensors" in first and "TensorBoard" in first
+    assert (tmp_path / "checkpoints" / "checkpoint-00000004" / "stage-1.pt").is_file()
+    resumed = check(run_recipe("cifar.py", *flags, "--epochs", "2", "--resume", launcher=launcher))
+    assert "1 epochs done" in resumed
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"].startswith("torchrun --nproc_per_node 2") and record["epochs"] == 2
+    assert any((tmp_path / "logs" / "hpff").iterdir())

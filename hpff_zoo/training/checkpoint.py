@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,15 +119,19 @@ class CheckpointManager:
             for path in self.directory.glob(".tmp-checkpoint-*"):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def save(self, accelerator, step: int) -> Path:
-        """Save the accelerator's state as ``checkpoint-{step}``; call on every process."""
+    def save(self, accelerator, step: int, write: Callable[[Path], None] | None = None) -> Path:
+        """Save ``checkpoint-{step}``; call on every process.
+
+        Every process calls ``write(directory)`` (default: ``accelerator.save_state``), so a
+        module-parallel run, whose stages each hold their own optimizer, writes its own files.
+        """
         final = self.directory / f"checkpoint-{step:08d}"
         partial = self.directory / f".tmp-checkpoint-{step:08d}"
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))
+        (write or (lambda directory: accelerator.save_state(str(directory))))(partial)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _fsync_tree(partial)
