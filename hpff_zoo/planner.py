@@ -242,17 +242,24 @@ def main(argv: Sequence[str] | None = None) -> Plan:
     parser.add_argument(
         "--optimizer-slots", type=int, default=1, help="state tensors per parameter (SGD 1, Adam 2)"
     )
-    args = parser.parse_args(argv)
-    result = plan(
-        args.model,
-        args.batch_size,
-        args.img_size,
-        args.budget,
-        method=args.method,
-        hilo=False if args.no_hilo else 2,
-        num_classes=args.num_classes,
-        optimizer_slots=args.optimizer_slots,
+    parser.add_argument(
+        "--min-modules", type=int, default=1, help="smallest K to consider (2: no E2E fallback)"
     )
+    args = parser.parse_args(argv)
+    try:
+        result = plan(
+            args.model,
+            args.batch_size,
+            args.img_size,
+            args.budget,
+            method=args.method,
+            hilo=False if args.no_hilo else 2,
+            num_classes=args.num_classes,
+            optimizer_slots=args.optimizer_slots,
+            min_modules=args.min_modules,
+        )
+    except ValueError as error:  # a budget nothing fits, an unknown model: one line
+        parser.exit(1, f"error: {error}\n")
     print(result.table())
     print(f"\nchosen: {result.model_kwargs()}")
     return result

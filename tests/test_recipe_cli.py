@@ -290,9 +290,10 @@ def test_hub_list_columns_line_up():
     assert len(starts) == 1, rows
 
 
-def test_planner_cli_prints_no_runpy_warning():
-    result = run_module("hpff_zoo.planner", "--help")
-    assert result.returncode == 0 and "RuntimeWarning" not in result.stderr, result.stderr
+def test_planner_cli_errors_are_one_line_without_runpys_warning():
+    result = run_module("hpff_zoo.planner", "--model", "hpff_resnet32", "--batch-size", "8",
+                        "--budget", "1KB")  # fmt: skip
+    assert "above the budget of 1 KB" in one_line_error(result)  # a RuntimeWarning: 2 lines
 
 
 def test_work_and_result_folders_are_ignored_but_recipe_results_are_not():
