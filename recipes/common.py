@@ -452,7 +452,7 @@ def check_model_name(parser: RecipeParser, name: str, flag: str) -> None:
             parser.error(f"{flag} {name}: no such tag{_suggest(name, own)} Tags of "
                          f"{architecture}: {', '.join(own) or 'none'}")  # fmt: skip
     elif not timm.is_model(name):
-        models = [*HPFF_MODELS, *timm.list_models()]
+        models = sorted({*HPFF_MODELS, *timm.list_models()})
         parser.error(f"{flag} {name}: unknown model{_suggest(name, models)} (hpff_* models: "
                      f"{', '.join(HPFF_MODELS)}; timm.list_models() lists the others)")  # fmt: skip
 
