@@ -16,9 +16,19 @@ from .local import METHODS, LocalModel, from_timm
 from .measure import MemoryMeter, MemoryReport
 from .parallel import ModuleParallel
 from .partition import Partition, partition_backbone, register_flattener
-from .planner import Plan, plan
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``Plan`` and ``plan`` on first use: importing the planner here at import time would make
+    ``python -m hpff_zoo.planner`` run a module already imported (runpy's RuntimeWarning)."""
+    if name in ("Plan", "plan"):
+        from . import planner
+
+        return getattr(planner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AUX_METHODS",

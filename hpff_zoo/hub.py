@@ -54,6 +54,7 @@ from .models.pretrained import HUB_ERRORS, shipped_dir, shipped_folder
 from .models.tags import TAGS, TagSpec
 
 __all__ = [
+    "describe_training",
     "export_model",
     "export_run",
     "load_aux",
@@ -62,6 +63,7 @@ __all__ = [
     "main",
     "push_folder",
     "push_model",
+    "write_model_files",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -127,16 +129,36 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous() for key, value in state.items()}
 
 
-def _write_config(model: LocalModel, path: Path, spec: TagSpec | None, data_config) -> None:
+def describe_training(model: LocalModel, dataset: str) -> str:
+    """``cifar_resnet32 trained on Fashion-MNIST with InfoPro, K=16 ...``: the config's
+    description, from the model's own setting and the dataset it was trained on."""
+    facts = card_facts(model, "", dataset, None)
+    return f"{facts.base} trained on {facts.dataset_name} with {facts.setting}"
+
+
+def _write_config(
+    model: LocalModel,
+    path: Path,
+    spec: TagSpec | None,
+    data_config: dict[str, Any] | None,
+    description: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> None:
+    labels = {"label_names": list(label_names)} if label_names else {}
+    # Untagged weights must not keep the description of the architecture's default tag.
+    described = {"description": description} if description else {}
     if _architecture(model):
-        overrides = {"tag": spec.tag if spec else None}
+        # A model built with in_chans / input_size keeps its default tag's input_size in
+        # pretrained_cfg, which timm checks data_config against: record what it really takes.
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": tuple(model.input_size)}
+        overrides = {"tag": spec.tag if spec else None, **described}
         if spec:
             cfg = spec.pretrained_cfg()
             overrides |= {k: v for k, v in cfg.items() if k not in ("hf_hub_id", "hf_hub_filename")}
         save_config_for_hf(
             model,
             str(path),
-            model_config={"pretrained_cfg": overrides},
+            model_config={"pretrained_cfg": overrides, **labels},
             model_args=local_model_args(model),
             data_config=data_config,
         )
@@ -144,13 +166,52 @@ def _write_config(model: LocalModel, path: Path, spec: TagSpec | None, data_conf
         save_config_for_hf(
             model.backbone,
             str(path),
-            model_config={"local_learning": local_model_args(model)},
+            model_config={
+                "local_learning": local_model_args(model),
+                "pretrained_cfg": described,
+                **labels,
+            },
             data_config=data_config,
         )
     config = json.loads(path.read_text())
     for key in _RUNTIME_ARGS:
         config.get("model_args", {}).pop(key, None)
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_model_files(
+    model: LocalModel,
+    folder: str | Path,
+    *,
+    dataset: str | None = None,
+    data_config: dict[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
+    include_aux: bool = False,
+    spec: TagSpec | None = None,
+) -> None:
+    """Write ``model.safetensors`` (the backbone), ``config.json`` and, with ``include_aux``,
+    ``aux.safetensors`` into the existing ``folder``: what :func:`load_model` and
+    :func:`export_run` read back. A training run's output directory is written with it, so
+    that it exports, fine-tunes and reloads in its own setting.
+
+    Args:
+        dataset: what the weights were trained on, for the config's description.
+        data_config: the preprocessing the weights were trained with.
+        label_names: class names, index-aligned with the classifier's outputs.
+        spec: the catalogue tag the weights are published as.
+    """
+    folder = Path(folder)
+    metadata = {"format": "pt", "hpff_zoo": __version__}
+    written = [folder / WEIGHTS_FILE, folder / CONFIG_FILE]
+    safetensors.torch.save_file(_tensors(model.backbone.state_dict()), written[0], metadata)
+    if include_aux and model.uses_aux:
+        aux_meta = metadata | {k: str(v) for k, v in local_model_args(model).items()}
+        safetensors.torch.save_file(_tensors(model.aux.state_dict()), folder / AUX_FILE, aux_meta)
+        written.append(folder / AUX_FILE)
+    description = describe_training(model, dataset) if dataset else None
+    _write_config(model, written[1], spec, data_config, description, label_names)
+    for path in written:  # readable by the group and others, as any file a user writes
+        path.chmod(0o644)
 
 
 def export_model(
@@ -191,16 +252,14 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        metadata = {"format": "pt", "hpff_zoo": __version__}
-        safetensors.torch.save_file(
-            _tensors(model.backbone.state_dict()), staging / WEIGHTS_FILE, metadata
+        write_model_files(
+            model,
+            staging,
+            dataset=record.dataset,
+            data_config=data_config,
+            include_aux=include_aux,
+            spec=spec,
         )
-        if include_aux and model.uses_aux:
-            aux_meta = metadata | {k: str(v) for k, v in local_model_args(model).items()}
-            safetensors.torch.save_file(
-                _tensors(model.aux.state_dict()), staging / AUX_FILE, aux_meta
-            )
-        _write_config(model, staging / CONFIG_FILE, spec, data_config)
         name = spec.name if spec else out_dir.name
         hub_id = spec.hf_hub_id if spec else None
         facts = card_facts(model, name, record.dataset, hub_id)
@@ -532,11 +591,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
+    """One row per tag: name, description, where its weights are; columns as wide as needed."""
+    rows = [("tag", "description", "weights")]
     for name, spec in TAGS.items():
         where = [f"hub:{spec.hf_hub_id}"] if name in tags.HUB_PUBLISHED else []
         if shipped_folder(name):
             where.append(f"shipped:{shipped_folder(name)}")
-        print(f"{name:<48} {spec.description:<80} {' '.join(where) or 'no weights yet'}")
+        rows.append((name, spec.description, " ".join(where) or "no weights yet"))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, description, where in rows:
+        print(f"{name:<{widths[0]}}  {description:<{widths[1]}}  {where}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import torch
 from .local import LocalModel
 from .measure import step_peak_bytes
 
-__all__ = ["Candidate", "Plan", "parse_bytes", "plan"]
+__all__ = ["Candidate", "Plan", "format_bytes", "parse_bytes", "plan"]
 
 PROBE_BATCHES = (1, 2)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
@@ -45,6 +45,23 @@ def parse_bytes(text: str | int) -> int:
     if not match or match.group(2).upper() not in _UNITS:
         raise ValueError(f"cannot read a memory size from {text!r} (try 4GB, 512MiB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _unit(text: str | int) -> str:
+    """The unit a budget was written in (``"4GB"`` → ``GB``); bytes as ``B``, GiB for ints."""
+    if isinstance(text, int):
+        return "GiB"
+    unit = re.sub(r"[\d.\s]", "", text)
+    return {"": "B", "B": "B"}.get(unit.upper(), unit.upper().replace("I", "i"))
+
+
+def format_bytes(value: int, like: str | int = "GiB") -> str:
+    """``value`` bytes in the unit of the budget ``like`` ("4GB" → GB, "512MiB" → MiB), so a
+    planner message speaks the user's unit; 4 significant digits, whatever the size."""
+    unit = _unit(like)
+    if unit == "B":
+        return f"{value:,} B"
+    return f"{value / _UNITS[unit.upper()]:.4g} {unit}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class Plan:
     chosen: Candidate
     candidates: tuple[Candidate, ...]
     budget_bytes: int
+    unit: str = "GiB"  # the unit the budget was given in; the table speaks it
 
     def model_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``timm.create_model`` that build the chosen configuration."""
@@ -83,7 +101,7 @@ class Plan:
             mark = " (chosen)" if c == self.chosen else ""
             lines.append(
                 f"| {c.method} | {c.num_modules} | {c.pff} | "
-                f"{c.predicted_bytes / 2**30:.3f} GiB | {fits}{mark} |"
+                f"{format_bytes(c.predicted_bytes, self.unit)} | {fits}{mark} |"
             )
         return "\n".join(lines)
 
@@ -133,6 +151,7 @@ def plan(
     pff_grids: Sequence[int] = (1, 2, 4),
     optimizer_slots: int = 1,
     device: str | torch.device = "cpu",
+    min_modules: int = 1,
 ) -> Plan:
     """The fewest modules (then the smallest PFF grid) whose predicted peak fits the budget.
 
@@ -148,15 +167,30 @@ def plan(
         optimizer_slots: optimizer state per parameter (1 for SGD momentum, 2 for Adam).
         device: where to measure; CPU measurements carry over to GPUs except for kernel
             workspaces (cuDNN), which is why a margin under the card's memory is wise.
+        min_modules: the smallest K to consider (2 keeps local learning even when E2E fits).
 
     Raises:
-        ValueError: if no candidate fits, stating the smallest achievable peak.
+        ValueError: if no candidate fits, stating the smallest achievable peak, in the unit of
+            ``budget_bytes``; at once, before any measurement, when the weights, gradients and
+            optimizer state of the E2E model alone (less than any candidate's) exceed it.
     """
-    budget = parse_bytes(budget_bytes)
+    budget, unit = parse_bytes(budget_bytes), _unit(budget_bytes)
     extra = dict(img_size=img_size) if img_size is not None and "vit" in model_name else {}
     extra["in_chans"] = in_chans
     probe = timm.create_model(model_name, num_classes=num_classes, method="e2e", **extra)
+    least_static = static_bytes(probe, optimizer_slots)
+    if least_static > budget:
+        raise ValueError(
+            f"{model_name}'s weights, gradients and optimizer state alone take "
+            f"{format_bytes(least_static, budget_bytes)}, above the budget of "
+            f"{format_bytes(budget, budget_bytes)} before any activation is stored"
+        )
     ladder = _module_ladder(len(probe.partition.atoms), _paper_k(model_name))
+    ladder = [k for k in ladder if k >= min_modules]
+    if not ladder:
+        raise ValueError(
+            f"{model_name} has {len(probe.partition.atoms)} blocks: no K >= {min_modules} to plan"
+        )
     candidates: list[Candidate] = []
     for k in ladder:
         for pff in (1,) if k == 1 else pff_grids:
@@ -175,11 +209,12 @@ def plan(
             )
             candidates.append(candidate)
             if candidate.predicted_bytes <= budget:
-                return Plan(candidate, tuple(candidates), budget)
+                return Plan(candidate, tuple(candidates), budget, unit)
     smallest = min(candidates, key=lambda c: c.predicted_bytes)
     raise ValueError(
-        f"no configuration of {model_name} fits {budget / 2**30:.3f} GiB at batch {batch_size}; "
-        f"the smallest predicted peak is {smallest.predicted_bytes / 2**30:.3f} GiB "
+        f"no configuration of {model_name} fits {format_bytes(budget, budget_bytes)} at batch "
+        f"{batch_size}; the smallest predicted peak is "
+        f"{format_bytes(smallest.predicted_bytes, budget_bytes)} "
         f"({smallest.method}, K={smallest.num_modules}, PFF={smallest.pff})"
     )
 
@@ -207,17 +242,24 @@ def main(argv: Sequence[str] | None = None) -> Plan:
     parser.add_argument(
         "--optimizer-slots", type=int, default=1, help="state tensors per parameter (SGD 1, Adam 2)"
     )
-    args = parser.parse_args(argv)
-    result = plan(
-        args.model,
-        args.batch_size,
-        args.img_size,
-        args.budget,
-        method=args.method,
-        hilo=False if args.no_hilo else 2,
-        num_classes=args.num_classes,
-        optimizer_slots=args.optimizer_slots,
+    parser.add_argument(
+        "--min-modules", type=int, default=1, help="smallest K to consider (2: no E2E fallback)"
     )
+    args = parser.parse_args(argv)
+    try:
+        result = plan(
+            args.model,
+            args.batch_size,
+            args.img_size,
+            args.budget,
+            method=args.method,
+            hilo=False if args.no_hilo else 2,
+            num_classes=args.num_classes,
+            optimizer_slots=args.optimizer_slots,
+            min_modules=args.min_modules,
+        )
+    except ValueError as error:  # a budget nothing fits, an unknown model: one line
+        parser.exit(1, f"error: {error}\n")
     print(result.table())
     print(f"\nchosen: {result.model_kwargs()}")
     return result

@@ -12,14 +12,18 @@ trains with the defaults listed below.
     accelerate launch recipes/cifar.py --dataset uoft-cs/cifar10 --mixed-precision bf16
     accelerate launch --multi_gpu --num_processes 2 --main_process_port 29511 recipes/cifar.py --cpu
 
-Defaults are the paper's CIFAR-10 / SVHN setting (SGD, Nesterov 0.9, weight decay 1e-4, batch
-1024, lr 0.8, cosine over 400 epochs, 10 warm-up epochs as in the official code); a preset named
-after the dataset (stl10: batch 128, lr 0.1, 96 px; svhn, mnist: no flips) replaces them.
+Every dataset known by name has a preset named after it (listed at the end of --help), which
+replaces the defaults below: the paper's setting for CIFAR-10/100 and SVHN (SGD, Nesterov 0.9,
+weight decay 1e-4, batch 1024, lr 0.8, cosine over 400 epochs, 10 warm-up epochs as in the
+official code) and STL-10 (batch 128, lr 0.1, 96 px); 10 epochs at batch 128 for MNIST and
+Fashion-MNIST. --help lists the defaults of --dataset's preset (try --dataset cifar10 --help);
+every run prints its effective schedule and an estimated duration before it starts.
 """
 
 from __future__ import annotations
 
-from loop import build_parser, create_local_model, parse_args, train
+from common import build_parser, create_local_model, parse_args
+from loop import train
 
 PAPER_DEFAULTS = dict(
     dataset="mnist5k",
@@ -35,6 +39,8 @@ PAPER_DEFAULTS = dict(
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__, PAPER_DEFAULTS)
     args = parse_args(parser, argv, auto_preset=lambda args: args.dataset)
+    if args.dataset == "imagenet-1k":
+        parser.error("imagenet-1k trains with recipes/imagenet.py (224-px models and schedules)")
     return train(args, create_local_model)
 
 

@@ -1,12 +1,19 @@
 #!/usr/bin/env python
 """Fine-tune a trained backbone on new data and classes, end to end or with local learning.
 
---init is an hpff_zoo export (a directory with model.safetensors + config.json, such as the
---output-dir of recipes/cifar.py), a Hub model (org/name or hf-hub:org/name), or any timm model
-name (with timm's pretrained weights unless --no-pretrained). The classifier is replaced for the
-new number of classes; --method e2e trains with plain backprop, any other method wraps the
-backbone in K gradient-isolated modules with fresh auxiliary networks.
+--init is where the weights come from:
 
+* a catalogue tag with weights (hpff_resnet32.fmnist_infopro_k16_hpff; `python -m hpff_zoo.hub
+  list` shows them), or its model_cards/<tag> folder;
+* the --output-dir of a recipes run, or any folder with model.safetensors + config.json;
+* a Hub model: hf-hub:org/name (or org/name), hpff-zoo or plain timm;
+* any timm model name, with timm's pretrained weights unless --no-pretrained.
+
+Only the backbone is kept; its classifier is replaced for the new number of classes. --method
+e2e trains with plain backprop, any other method wraps the backbone in K gradient-isolated
+modules with fresh auxiliary networks.
+
+    python recipes/finetune.py --init hpff_resnet32.fmnist_infopro_k16_hpff --dataset mnist5k
     python recipes/finetune.py --init output/cifar --dataset fashion_mnist --method e2e
     accelerate launch recipes/finetune.py --init hf-hub:timm/resnet50.a1_in1k --dataset /data/pets
     python recipes/finetune.py --init resnet18 --no-pretrained --dataset cifar10 --method dgl
@@ -15,13 +22,26 @@ backbone in K gradient-isolated modules with fresh auxiliary networks.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import timm
-from loop import build_parser, input_channels, local_model_kwargs, parse_args, train
+from common import (
+    build_parser,
+    check_model_name,
+    first_line,
+    input_channels,
+    local_model_kwargs,
+    parse_args,
+)
+from loop import train
+from torch import nn
 
 import hpff_zoo
 from hpff_zoo.data import model_in_chans
+from hpff_zoo.hub import load_model
+from hpff_zoo.models import HPFF_MODELS, TAGS
+from hpff_zoo.models.pretrained import HUB_ERRORS, PretrainedWeightsError
 
 DEFAULTS = dict(
     dataset="mnist5k",
@@ -34,31 +54,54 @@ DEFAULTS = dict(
 )
 
 
-def load_backbone(args: argparse.Namespace, num_classes: int):
-    """The timm backbone named by --init, with a fresh ``num_classes`` head."""
-    path = Path(args.init).expanduser()
+def _is_hpff_folder(path: Path) -> bool:
+    """A folder written by hpff_zoo (a run or an export): its config rebuilds a LocalModel."""
+    config = json.loads((path / "config.json").read_text())
+    return config.get("architecture") in HPFF_MODELS or "local_learning" in config
+
+
+def _source(init: str) -> tuple[str, bool]:
+    """(what to load, whether it is hpff_zoo's format) for ``--init``."""
+    path = Path(init).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SystemExit(f"--init {path}: no config.json (expected a timm/hpff_zoo export)")
-        name, pretrained = f"local-dir:{path}", True
-    elif "/" in args.init and ":" not in args.init:  # a bare Hub id: org/name
-        name, pretrained = f"hf-hub:{args.init}", True
-    else:
-        name, pretrained = args.init, args.pretrained or args.init.startswith("hf-hub:")
+            raise SystemExit(
+                f"error: --init {path}: no config.json (expected a recipes --output-dir, a "
+                "model_cards/<tag> folder or a timm export)"
+            )
+        return str(path), _is_hpff_folder(path)
+    if init in TAGS:
+        return init, True
+    if "/" in init and ":" not in init:  # a bare Hub id: org/name
+        return f"hf-hub:{init}", False
+    return init, False
+
+
+def load_backbone(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """The timm backbone --init names, with a fresh ``num_classes`` classifier."""
+    name, hpff_format = _source(args.init)
     kwargs = {} if args.in_chans == "auto" else {"in_chans": input_channels(args, 3)}
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except RuntimeError as error:
-        if "Unknown model" in str(error):
-            raise SystemExit(f"--init {args.init}: {error}") from error
-        raise
-    except OSError as error:  # Hub unreachable, offline mode, gated or missing weights
+        if hpff_format:  # a LocalModel in its trained setting: keep its backbone
+            model = load_model(name, with_aux=False, **kwargs).backbone
+        else:
+            pretrained = args.pretrained or name.startswith(("hf-hub:", "local-dir:"))
+            if Path(name).is_dir():
+                name = f"local-dir:{name}"
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, PretrainedWeightsError, *HUB_ERRORS) as error:  # offline, gated, missing
         raise SystemExit(
-            f"could not fetch the weights of {args.init!r} ({error}). Pass --init a local "
-            "directory with model.safetensors + config.json (e.g. the --output-dir of "
-            "recipes/cifar.py), download the weights once with network access, or use "
-            "--no-pretrained."
-        ) from error
+            f"error: could not load the weights of --init {args.init} ({first_line(error)}). "
+            "Pass --init a tag with weights (python -m hpff_zoo.hub list), a local folder with "
+            "model.safetensors + config.json (e.g. the --output-dir of recipes/cifar.py), "
+            "download the weights once with network access, or use --no-pretrained."
+        ) from None
+    except (RuntimeError, ValueError) as error:
+        raise SystemExit(f"error: --init {args.init}: {first_line(error)}") from None
+    if isinstance(model, hpff_zoo.LocalModel):  # an hf-hub: id of an hpff_zoo export
+        model = model.backbone
+    model.reset_classifier(num_classes)
+    return model
 
 
 def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
@@ -71,14 +114,20 @@ def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__, DEFAULTS)
     start = parser.add_argument_group("starting point")
-    start.add_argument("--init", required=True, help="export directory, hf-hub:<id> or timm model")
+    start.add_argument(
+        "--init",
+        help="catalogue tag, model_cards/<tag> or run folder, hf-hub:<id>, or timm model "
+        "(required)",
+    )
     start.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="load timm's pretrained weights for a timm model name (default: on)",
+        help="load timm's pretrained weights for a timm model name",
     )
     args = parse_args(parser, argv)
+    if args.init is None:
+        parser.error("--init is required: where the weights to fine-tune come from")
     if args.model:
         parser.error("finetune.py starts from --init; --model is for cifar.py / imagenet.py")
     if args.memory_budget:
@@ -86,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             "--memory-budget plans hpff_* models in cifar.py / imagenet.py; give "
             "finetune.py --num-modules and --pff"
         )
+    if not Path(args.init).expanduser().is_dir() and "/" not in args.init:
+        check_model_name(parser, args.init, "--init")  # hf-hub: and org/name ids have a "/"
     args.model = args.init
     return train(args, build_model)
 

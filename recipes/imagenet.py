@@ -15,7 +15,8 @@ keep it as an image folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) and pass its
 
 from __future__ import annotations
 
-from loop import build_parser, create_local_model, parse_args, train
+from common import build_parser, create_local_model, parse_args
+from loop import train
 
 PAPER_DEFAULTS = dict(
     dataset="imagenet-1k",

@@ -197,7 +197,7 @@ def test_push_uploads_the_exported_folder_and_nothing_pickled(exported, tmp_path
 
 
 def test_cli_exports_a_recipes_output_dir_under_its_tag(exported, tmp_path):
-    """The recipes save the plain backbone with timm's save_for_hf; export wraps it in the tag."""
+    """A plain timm export of the backbone (timm's save_for_hf) is wrapped in the tag's setting."""
     model, _ = exported
     run = tmp_path / "run"
     data = dict(input_size=(1, 28, 28), mean=(0.2860,), std=(0.3530,))

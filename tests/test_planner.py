@@ -50,9 +50,20 @@ def test_plan_picks_the_fewest_modules_that_fit_and_they_do_fit():
     assert actual <= tight.budget_bytes
 
 
-def test_impossible_budget_states_the_minimum():
-    with pytest.raises(ValueError, match=r"smallest predicted peak is \d+\.\d+ GiB"):
-        hpff_zoo.plan("hpff_resnet32", 8, None, "1MB", pff_grids=(1,))
+def test_impossible_budget_states_the_minimum_in_the_budgets_unit():
+    with pytest.raises(ValueError, match=r"fits 8 MB .* smallest predicted peak is [\d.]+ MB"):
+        hpff_zoo.plan("hpff_resnet32", 8, None, "8MB", pff_grids=(1,))
+
+
+def test_budget_below_the_static_memory_stops_before_measuring(monkeypatch):
+    from hpff_zoo import planner
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured activations although the weights alone do not fit")
+
+    monkeypatch.setattr(planner, "predict_dynamic_bytes", never)
+    with pytest.raises(ValueError, match=r"alone take 5\d\d\d KB, above the budget of 1 KB"):
+        hpff_zoo.plan("hpff_resnet32", 8, None, "1KB")
 
 
 @pytest.mark.parametrize("text,value", [("4GB", 4 * 10**9), ("512MiB", 512 * 2**20), (7, 7)])

@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,40 +29,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
-QUICK = ["--report-to", "none", "--workers", "0", "--checkpoint-every-epochs", "0"]
-
-
-def recipe_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **extra)
-    return env
-
-
-def run_recipe(script: str, *args: str, launcher=(), timeout: int = 900, env=None):
-    command = [*launcher] if launcher else [sys.executable]
-    result = subprocess.run(
-        [*command, str(RECIPES / script), *args],
-        cwd=ROOT, env=env or recipe_env(), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    return result
-
-
-def check(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
-
-def epochs(output: Path) -> list[dict]:
-    lines = (output / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .recipe_helpers import QUICK, RECIPES, ROOT, check, epochs, free_port, recipe_env, run_recipe
 
 
 def test_two_processes_average_every_gradient(tmp_path):
@@ -93,10 +60,33 @@ def test_two_processes_average_every_gradient(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
+def _latest_step(output: Path) -> int:
+    names = sorted((output / "checkpoints").glob("checkpoint-*"))
+    return int(names[-1].name.split("-")[1]) if names else -1
+
+
+def _logged_steps(output: Path) -> list[int]:
+    path, steps = output / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written
+            record = json.loads(line)
+            steps += [record["step"]] if record["kind"] == "step" else []
+    return steps
+
+
+def _tensorboard_steps(output: Path, tag: str = "loss/head") -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output / "logs" / "hpff"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_killed_run_resumes_to_identical_weights_records_and_logs(tmp_path):
     args = ["--max-train-samples", "96", "--max-eval-samples", "32", "--epochs", "2",
             "--batch-size", "16", "--num-modules", "2", "--checkpoint-every-steps", "2",
-            "--keep-checkpoints", "0", "--deterministic", *QUICK]  # fmt: skip
+            "--keep-checkpoints", "0", "--deterministic", *QUICK, "--report-to", "tensorboard",
+            "--log-every", "1"]  # fmt: skip
     reference = tmp_path / "reference"
     check(run_recipe("cifar.py", *args, "--output-dir", str(reference)))
 
@@ -105,9 +95,12 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
         [sys.executable, str(RECIPES / "cifar.py"), *args, "--output-dir", str(crashed)],
         cwd=ROOT, env=recipe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    mid_epoch_two = crashed / "checkpoints" / "checkpoint-00000008"  # 6 steps per epoch
+    # Killed mid-epoch two (6 steps per epoch), after logging a step its checkpoint lacks.
     deadline = time.monotonic() + 900
-    while not mid_epoch_two.exists() and process.poll() is None and time.monotonic() < deadline:
+    while process.poll() is None and time.monotonic() < deadline:
+        latest = _latest_step(crashed)
+        if latest >= 8 and max(_logged_steps(crashed), default=0) > latest:
+            break
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
@@ -122,6 +115,20 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     same = ("step", "train_loss", "test_top1", "test_top5", "test_loss")
     last, expected = epochs(crashed)[-1], epochs(reference)[-1]
     assert [last[k] for k in same] == [expected[k] for k in same]
+    # Every step and epoch once, in metrics.jsonl and in TensorBoard.
+    assert _logged_steps(crashed) == _logged_steps(reference) == list(range(1, 13))
+    assert [r["epoch"] for r in epochs(crashed)] == [1, 2]
+    assert _tensorboard_steps(crashed) == _tensorboard_steps(reference) == list(range(1, 13))
+    # run.json: the command that started the run, and the time of both parts.
+    record, first = json.loads((crashed / "run.json").read_text()), crashed / "checkpoints"
+    progress = torch.load(
+        first / f"checkpoint-{step:08d}" / "custom_checkpoint_0.pkl", weights_only=False
+    )
+    assert "--resume" not in record["command"] and "--resume" in record["notes"]
+    assert record["command"] == json.loads((reference / "run.json").read_text())["command"].replace(
+        str(reference), str(crashed)
+    )
+    assert record["wall_time_s"] > progress["elapsed_s"] > 0
 
 
 def test_embedded_default_learns(tmp_path):
@@ -141,11 +148,11 @@ def test_embedded_default_learns(tmp_path):
 def test_finetune_from_an_export_on_an_image_folder(tmp_path):
     import timm
 
-    from hpff_zoo.training import save_backbone
+    from hpff_zoo.training import save_model
 
     source = tmp_path / "pretrained"
     model = timm.create_model("hpff_resnet32", in_chans=1, num_modules=2)
-    save_backbone(model, source, {"input_size": (1, 32, 32), "mean": (0.5,), "std": (0.25,)})
+    save_model(model, source, "mnist", {"input_size": (1, 32, 32), "mean": (0.5,), "std": (0.25,)})
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for name in ("circle", "square", "cross"):
@@ -195,18 +202,18 @@ def test_help_explains_every_flag(script, capsys, monkeypatch):
 def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     import cifar
+    import common
     import imagenet
-    import loop
 
     def parse(recipe, *argv, auto=lambda args: args.dataset):
-        parser = loop.build_parser("", recipe.PAPER_DEFAULTS)
-        return loop.parse_args(parser, list(argv), auto_preset=auto)
+        parser = common.build_parser("", recipe.PAPER_DEFAULTS)
+        return common.parse_args(parser, list(argv), auto_preset=auto)
 
     def settings(args):
         return args.batch_size, args.lr, args.epochs, args.num_modules, args.preset
 
     assert settings(parse(cifar)) == (16, 0.2, 3, 4, "mnist5k")  # the embedded default
-    assert settings(parse(cifar, "--dataset", "cifar10")) == (1024, 0.8, 400, None, None)
+    assert settings(parse(cifar, "--dataset", "cifar10")) == (1024, 0.8, 400, None, "cifar10")
     assert settings(parse(cifar, "--dataset", "stl10")) == (128, 0.1, 400, None, "stl10")
     assert settings(parse(cifar, "--lr", "0.05")) == (16, 0.05, 3, 4, "mnist5k")
     assert parse(cifar, "--dataset", "uoft-cs/cifar10").preset is None
@@ -249,7 +256,7 @@ def test_memory_budget_lets_the_planner_choose_k(tmp_path):
 
     flags = ["--max-train-samples", "32", "--max-eval-samples", "16", "--epochs", "1",
              "--batch-size", "16", "--method", "dgl", "--hilo", "0", *QUICK]  # fmt: skip
-    e2e = hpff_zoo.plan("hpff_resnet32", 16, None, "16GiB", method="dgl", hilo=False, in_chans=1)
+    e2e = hpff_zoo.plan("hpff_resnet32", 16, 28, "16GiB", method="dgl", hilo=False, in_chans=1)
     budget = int(0.6 * e2e.chosen.predicted_bytes)
     stdout = check(run_recipe("cifar.py", *flags, "--memory-budget", str(budget),
                               "--output-dir", str(tmp_path / "run")))  # fmt: skip

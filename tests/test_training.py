@@ -13,12 +13,13 @@ import timm
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
 
 from hpff_zoo.training import (
     CheckpointManager,
     TrainingProgress,
     local_step,
-    save_backbone,
+    save_model,
     summarize_losses,
     warmup_cosine,
 )
@@ -108,18 +109,26 @@ def test_warmup_cosine_schedule():
         warmup_cosine(optimizer, total_steps=3, warmup_steps=5)
 
 
-def test_exported_backbone_loads_in_plain_timm(tmp_path):
+def test_saved_run_model_reloads_in_its_setting_and_says_what_it_was_trained_on(tmp_path):
+    from hpff_zoo.hub import load_model
+
     model = timm.create_model("hpff_resnet32", num_classes=3, in_chans=1, num_modules=4)
     data_config = {"input_size": (1, 32, 32), "mean": (0.47,), "std": (0.25,)}
-    save_backbone(model, tmp_path, data_config, ["a", "b", "c"])
+    save_model(model, tmp_path, "mnist5k", data_config, ["a", "b", "c"])
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["architecture"] == "cifar_resnet32" and config["label_names"] == ["a", "b", "c"]
-    assert config["pretrained_cfg"]["input_size"] == [1, 32, 32]
-    assert config["pretrained_cfg"]["mean"] == [0.47]
-    assert (tmp_path / "model.safetensors").is_file()
-    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert config["architecture"] == "hpff_resnet32" and config["label_names"] == ["a", "b", "c"]
+    assert config["model_args"]["method"] == "infopro" and config["model_args"]["num_modules"] == 4
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == [1, 32, 32] and cfg["mean"] == [0.47] and cfg["tag"] is None
+    assert cfg["description"].startswith("cifar_resnet32 trained on mnist5k with InfoPro, K=4")
+    for name in ("model.safetensors", "aux.safetensors", "config.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    loaded = load_model(tmp_path).eval()
+    assert loaded.num_modules == 4 and loaded.method == "infopro"
     x = batch(2, channels=1)[0]
     assert torch.allclose(loaded(x), model.eval()(x))
+    plain = timm.create_model("cifar_resnet32", num_classes=3, in_chans=1)
+    plain.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
 
 
 def test_loss_summary_names_first_middle_and_last_module():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class TrainingProgress:
         batch_in_epoch: batches of the current epoch already consumed (to skip on resume).
         loss_sum, loss_count: running sum and count of the head loss over the current epoch,
             so a resumed epoch reports the same mean as an uninterrupted one.
+        elapsed_s: training wall time up to the checkpoint, summed over every resumed part, so
+            a resumed run reports its total time.
+        command: the command line that started the run (not the one that resumed it).
     """
 
     epoch: int = 0
@@ -39,6 +43,8 @@ class TrainingProgress:
     batch_in_epoch: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
+    elapsed_s: float = 0.0
+    command: str = ""
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -91,21 +97,41 @@ class CheckpointManager:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    def find_damage(self, checkpoint: str | os.PathLike) -> Path | None:
+        """The first file of ``checkpoint`` that cannot be read back (truncated, corrupt), so
+        that a failed resume can name it; None when every file reads."""
+        import safetensors.torch
+        import torch
+
+        for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
+            try:
+                if path.suffix == ".safetensors":
+                    safetensors.torch.load_file(path)
+                else:  # Accelerate's own pickles: optimizer, scheduler, random states
+                    torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:
+                return path
+        return None
+
     def remove_partial(self) -> None:
         """Delete temporary directories left by a run killed while saving."""
         if self.directory.is_dir():
             for path in self.directory.glob(".tmp-checkpoint-*"):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def save(self, accelerator, step: int) -> Path:
-        """Save the accelerator's state as ``checkpoint-{step}``; call on every process."""
+    def save(self, accelerator, step: int, write: Callable[[Path], None] | None = None) -> Path:
+        """Save ``checkpoint-{step}``; call on every process.
+
+        Every process calls ``write(directory)`` (default: ``accelerator.save_state``), so a
+        module-parallel run, whose stages each hold their own optimizer, writes its own files.
+        """
         final = self.directory / f"checkpoint-{step:08d}"
         partial = self.directory / f".tmp-checkpoint-{step:08d}"
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))
+        (write or (lambda directory: accelerator.save_state(str(directory))))(partial)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _fsync_tree(partial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricsWriter", "evaluate", "summarize_losses"]
+from ..local import LocalModel
+
+__all__ = ["MetricsWriter", "evaluate", "summarize_losses", "unweighted_losses"]
 
 
 @torch.no_grad()
-def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of the backbone over ``loader``.
+def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float | None]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of the backbone over ``loader``;
+    top-5 is None for five classes or fewer, where it would always be 100 %.
 
     Every process evaluates its shard; ``gather_for_metrics`` collects the per-example results
     and drops the duplicates a distributed sampler adds to even out the last batch.
@@ -25,11 +29,12 @@ def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
     was_training = net.training
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64)
-    count = 0
+    count, classes = 0, 0
     for x, y in loader:
         with accelerator.autocast():
             logits = net(x)
-        k = min(5, logits.shape[1])
+        classes = logits.shape[1]
+        k = min(5, classes)
         hits = logits.topk(k, dim=1).indices == y[:, None]
         per_example = torch.stack(
             [
@@ -44,7 +49,33 @@ def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float]:
         count += per_example.shape[0]
     net.train(was_training)
     top1, top5, loss = (totals / max(count, 1)).tolist()
-    return {"top1": 100 * top1, "top5": 100 * top5, "loss": loss, "examples": count}
+    # With five classes or fewer every label is in the top five: no figure to report.
+    informative = classes > 5
+    return {
+        "top1": 100 * top1,
+        "top5": 100 * top5 if informative else None,
+        "loss": loss,
+        "examples": count,
+    }
+
+
+def unweighted_losses(model: LocalModel, losses: dict[str, float]) -> dict[str, float]:
+    """``local_step``'s losses without the HiLo weights they were trained with.
+
+    With HiLo a module's loss is ``w_ind`` × its own auxiliary loss (+ ``w_cas`` × the cascade
+    auxiliary's, where one closes a window): with the official (0.001, 0.999), the first
+    module's loss shows as a thousandth of itself, which looks converged. Dividing by the
+    weights applied gives each module's (weighted-mean) auxiliary cross-entropy, comparable with
+    the head's.
+    """
+    w_ind, w_cas = model.hilo_weights if model.cascade_size > 1 else (1.0, 0.0)
+    cascade = model.aux["cascade"] if model.uses_aux and "cascade" in model.aux else {}
+    return {
+        name: value / (w_ind + (w_cas if name in cascade else 0.0))
+        if name.startswith("module")
+        else value
+        for name, value in losses.items()
+    }
 
 
 def summarize_losses(losses: dict[str, float]) -> str:
@@ -74,3 +105,11 @@ class MetricsWriter:
         if self.enabled:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    def keep(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the records ``predicate`` rejects: those a crashed run wrote after the
+        checkpoint it resumes from, which the resumed run writes again."""
+        if self.enabled and self.path.is_file():
+            records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+            kept = "".join(json.dumps(r) + "\n" for r in records if predicate(r))
+            self.path.write_text(kept)
