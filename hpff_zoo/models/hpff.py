@@ -20,11 +20,11 @@ from functools import partial
 from typing import Any
 
 import timm
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import DefaultCfg, PretrainedCfg, build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..local import LocalModel
-from .pretrained import filter_checkpoint, load_with_fallback
+from .pretrained import available_tags, filter_checkpoint, load_with_fallback
 from .tags import TAGS
 
 __all__ = ["HPFF_MODELS", "LOCAL_KWARGS", "backbone_cfg"]
@@ -47,7 +47,27 @@ LOCAL_KWARGS = (
 FEATURE_KWARGS = ("out_indices", "feature_cls")
 _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
 
-default_cfgs = generate_default_cfgs({name: spec.pretrained_cfg() for name, spec in TAGS.items()})
+
+def _registry_cfgs() -> dict[str, DefaultCfg]:
+    """timm's per-architecture cfgs of every tag, in catalogue order.
+
+    A tag gets a weights location only where weights exist (at import: published, or shipped in
+    model_cards/), so that ``timm.list_pretrained("hpff*")`` lists exactly the tags that load.
+    Built directly rather than with ``generate_default_cfgs``, which would make the first tag
+    *with weights* the architecture's default: ``timm.create_model("hpff_resnet32")`` would turn
+    into a 1-channel Fashion-MNIST model instead of the paper's CIFAR-10 setting.
+    """
+    have = set(available_tags())
+    out: dict[str, DefaultCfg] = {}
+    for name, spec in TAGS.items():
+        entry = out.setdefault(spec.arch, DefaultCfg())
+        entry.tags.append(name.split(".", 1)[1])
+        entry.cfgs[entry.tags[-1]] = PretrainedCfg(**spec.pretrained_cfg(name in have))
+        entry.is_pretrained |= name in have
+    return out
+
+
+default_cfgs = _registry_cfgs()
 
 
 def backbone_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
