@@ -266,12 +266,12 @@ class LocalModel(nn.Module):
             return
         channels = self.in_chans
         if x.dim() == 4 and x.shape[1] != channels:
-            mode, flag = ("L", "1") if channels == 1 else ("RGB", str(channels))
+            mode = "L" if channels == 1 else "RGB"
             raise ValueError(
                 f"this model takes {channels}-channel images, got a batch of {x.shape[1]}: "
                 f"convert PIL images with image.convert({mode!r}) before the transform (timm "
-                f"datasets: input_img_mode={mode!r}; timm's train.py / validate.py: "
-                f"--in-chans {flag})"
+                f"datasets: input_img_mode={mode!r}), or create the model with "
+                f"in_chans={x.shape[1]} (timm adapts the pretrained first convolution)"
             )
         if self.training and torch.is_grad_enabled():
             self._warn_end_to_end()

@@ -150,7 +150,7 @@ def test_training_through_forward_warns_once_and_inference_does_not():
 
 def test_a_wrong_channel_count_says_how_to_convert_the_image():
     model = timm.create_model("hpff_resnet32.fmnist_e2e").eval()
-    with pytest.raises(ValueError, match=r"image\.convert\('L'\).*--in-chans 1"):
+    with pytest.raises(ValueError, match=r"image\.convert\('L'\).*in_chans=3"):
         model(torch.randn(1, 3, 28, 28))
     rgb = timm.create_model("hpff_resnet32", num_classes=10, num_modules=4).eval()
     with pytest.raises(ValueError, match=r"image\.convert\('RGB'\)"):
@@ -198,3 +198,42 @@ def test_list_pretrained_is_exactly_the_tags_that_load():
     )
     with pytest.raises(PretrainedWeightsError, match="Tags with weights"):
         timm.create_model(unlisted, pretrained=True)
+
+
+@pytest.mark.parametrize("in_chans", [None, 1])
+def test_timm_validate_on_a_grayscale_image_folder_gives_the_one_channel_logits(tmp_path, in_chans):
+    """timm's validate.py steps (model with ``--in-chans`` or its default 3, data config from
+    the model, image mode from the config, ImageFolder, eval loader) on a shipped 1-channel tag:
+    with or without ``--in-chans 1`` the logits are those of the tag on its grayscale images."""
+    from PIL import Image
+    from timm.data import create_dataset, create_loader, resolve_data_config
+
+    tag = available_tags()[0]
+    generator = torch.Generator().manual_seed(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            pixels = torch.randint(0, 256, (28, 28), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy(), mode="L").save(tmp_path / label / f"{i}.png")
+
+    model = timm.create_model(tag, pretrained=True, in_chans=in_chans or 3).eval()
+    config = resolve_data_config({"in_chans": in_chans}, model=model)
+    mode = "RGB" if config["input_size"][0] == 3 else "L"
+    dataset = create_dataset("", root=str(tmp_path), is_training=False, input_img_mode=mode)
+    loader = create_loader(
+        dataset,
+        input_size=config["input_size"],
+        batch_size=6,
+        interpolation=config["interpolation"],
+        mean=config["mean"],
+        std=config["std"],
+        crop_pct=config["crop_pct"],
+        num_workers=0,
+        use_prefetcher=False,
+    )
+    (images, _), *_ = list(loader)
+
+    reference = timm.create_model(tag, pretrained=True).eval()
+    gray = images.mean(1, keepdim=True)  # equal channels when read as RGB
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(gray), rtol=1e-4, atol=1e-4)
