@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from string import Template
@@ -349,6 +350,7 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
             memory += f" ({ratio - 1:.0%} more)"
     images = f", {record.num_eval:,} images" if record.num_eval else ""
     notes = f"\n{record.notes}\n" if record.notes else ""
+    out = _output_dir(record.command)
     return (
         "## Results\n\n"
         f"Measured by the run that produced these weights, on the {record.eval_split} split"
@@ -360,9 +362,21 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
         f" {_duration(record.wall_time_s)} |\n{notes}\n"
         "## Reproduce\n\n```bash\n"
         f"{record.command}\n"
-        f"python -m hpff_zoo.hub export <output dir> model_cards/{facts.name} --tag {facts.name}"
-        " --record <output dir>/run.json --overwrite\n```\n"
+        f"python -m hpff_zoo.hub export {out} model_cards/{facts.name} --tag {facts.name}"
+        f" --record {out}/run.json --overwrite\n```\n"
     )
+
+
+def _output_dir(command: str) -> str:
+    """The ``--output-dir`` of a recorded recipe command, so that the card's export line runs
+    after it as written (a placeholder when the command does not say)."""
+    args = shlex.split(command)
+    for i, arg in enumerate(args):
+        if arg == "--output-dir" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--output-dir="):
+            return arg.split("=", 1)[1]
+    return "<output dir>"
 
 
 def _plan(spec: TagSpec, estimate: ComputeEstimate | None) -> str:

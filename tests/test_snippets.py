@@ -73,3 +73,10 @@ def test_readme_timm_sections_run_as_written(heading, tmp_path, monkeypatch, off
     monkeypatch.chdir(tmp_path)
     text = section((ROOT / "README.md").read_text(), heading)
     run_blocks(python_blocks(text), f"README.md, section {heading!r}")
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[card.parent.name for card in CARDS])
+def test_card_shell_commands_are_complete(card):
+    """Not executed (training runs), but copyable: no ``<placeholder>`` left to fill in."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", card.read_text(), flags=re.DOTALL | re.MULTILINE)
+    assert blocks and not any(re.search(r"<[a-z ]+>", block) for block in blocks)
