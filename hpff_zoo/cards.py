@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from string import Template
@@ -24,7 +25,8 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from .local import LocalModel
 from .measure import step_flops
-from .models.tags import DATASETS, PAPERS, Dataset, Paper, TagSpec
+from .models import tags
+from .models.tags import DATASETS, PAPERS, TAGS, Dataset, Paper, TagSpec
 
 __all__ = [
     "CardFacts",
@@ -254,16 +256,28 @@ $citations
 
 _USAGE = """\
 import timm
+import torch
+from PIL import Image
+
 import hpff_zoo  # registers the hpff_* models with timm
 
-model = timm.create_model("$load_name", pretrained=True).eval()
-# images: a batch normalised with mean=$mean, std=$std
-logits = model(images)
+$create
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+image = Image.open("image.png").convert("$mode")  # $mode_note
+with torch.no_grad():
+    logits = model(transform(image).unsqueeze(0))
 # Fine-tune on N classes (fresh head and auxiliaries): num_classes=N
 # Features for detection / segmentation: features_only=True
 """
+_TRAINED = """\
+model = timm.create_model("$load_name", pretrained=True).eval()"""
+_PLANNED = """\
+# No weights yet (pretrained=True raises an error naming the tags that have weights): the
+# tag's setting and preprocessing with fresh weights, to train with model.local_step.
+model = timm.create_model("$load_name").eval()"""
 _PLAIN_USAGE = """
-# The same weights in the plain timm model (no LocalModel wrapper), loaded strictly; $needs
+# The same weights in the plain timm model (no LocalModel wrapper), loaded strictly$where;
+# $needs
 plain = timm.create_model(
     "$base",
     pretrained=True,
@@ -273,8 +287,13 @@ plain = timm.create_model(
         $source,
         num_classes=$num_classes,
         input_size=$input_size,
+        mean=$mean,
+        std=$std,
     ),
-)
+).eval()
+plain_transform = timm.data.create_transform(**timm.data.resolve_data_config(model=plain))
+with torch.no_grad():
+    plain_logits = plain(plain_transform(image).unsqueeze(0))
 """
 
 
@@ -331,6 +350,7 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
             memory += f" ({ratio - 1:.0%} more)"
     images = f", {record.num_eval:,} images" if record.num_eval else ""
     notes = f"\n{record.notes}\n" if record.notes else ""
+    out = _output_dir(record.command)
     return (
         "## Results\n\n"
         f"Measured by the run that produced these weights, on the {record.eval_split} split"
@@ -342,9 +362,21 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
         f" {_duration(record.wall_time_s)} |\n{notes}\n"
         "## Reproduce\n\n```bash\n"
         f"{record.command}\n"
-        f"python -m hpff_zoo.hub export <output dir> model_cards/{facts.name} --tag {facts.name}"
-        " --record <output dir>/run.json --overwrite\n```\n"
+        f"python -m hpff_zoo.hub export {out} model_cards/{facts.name} --tag {facts.name}"
+        f" --record {out}/run.json --overwrite\n```\n"
     )
+
+
+def _output_dir(command: str) -> str:
+    """The ``--output-dir`` of a recorded recipe command, so that the card's export line runs
+    after it as written (a placeholder when the command does not say)."""
+    args = shlex.split(command)
+    for i, arg in enumerate(args):
+        if arg == "--output-dir" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--output-dir="):
+            return arg.split("=", 1)[1]
+    return "<output dir>"
 
 
 def _plan(spec: TagSpec, estimate: ComputeEstimate | None) -> str:
@@ -396,28 +428,43 @@ def render_card(
         else f"{spec.epochs} (planned)"
     )
     in_chans = facts.input_size[0]
+    # A catalogue tag's Hub repo exists once published; until then its weights are the files
+    # next to the card (the shipped folder).
+    catalogue = facts.name in TAGS
+    from_hub = facts.hf_hub_id is not None and (not catalogue or facts.name in tags.HUB_PUBLISHED)
     source = (
         f'hf_hub_id="{facts.hf_hub_id}",\n        hf_hub_filename="model.safetensors"'
-        if facts.hf_hub_id
+        if from_hub
         else 'file="model.safetensors"'
     )
-    load_name = facts.name if facts.arch else "local-dir:<this folder>"
-    if not facts.arch and facts.hf_hub_id:
+    load_name = facts.name if facts.arch else "local-dir:."
+    if not facts.arch and from_hub:
         load_name = f"hf-hub:{facts.hf_hub_id}"
-    usage = Template(_USAGE).substitute(
-        load_name=load_name, mean=facts.mean, std=facts.std
-    ) + Template(_PLAIN_USAGE).substitute(
-        base=facts.base,
-        num_classes=facts.num_classes,
-        in_chans=in_chans,
-        source=source,
-        input_size=facts.input_size,
-        needs=(
-            f"{facts.base} is registered by `import hpff_zoo` (timm has no 32-px ResNets)"
-            if facts.base.startswith("cifar_")
-            else "this needs timm only"
-        ),
+    mode, mode_note = (
+        ("L", "the model takes 1-channel (grayscale) images")
+        if in_chans == 1
+        else ("RGB", f"the model takes {in_chans}-channel images")
     )
+    create = Template(_TRAINED if record else _PLANNED).substitute(load_name=load_name)
+    if load_name == "local-dir:.":
+        create = "# Run from this folder (local-dir:. reads its config.json).\n" + create
+    usage = Template(_USAGE).substitute(create=create, mode=mode, mode_note=mode_note)
+    if record:
+        usage += Template(_PLAIN_USAGE).substitute(
+            base=facts.base,
+            num_classes=facts.num_classes,
+            in_chans=in_chans,
+            source=source,
+            where="" if from_hub else " from this folder's model.safetensors (run from here)",
+            input_size=facts.input_size,
+            mean=facts.mean,
+            std=facts.std,
+            needs=(
+                f"{facts.base} is registered by `import hpff_zoo` (timm has no 32-px ResNets)"
+                if facts.base.startswith("cifar_")
+                else "this needs timm only"
+            ),
+        )
     status = "trained" if record else "planned, not trained yet"
     return _CARD.substitute(
         front_matter=_front_matter(facts, record).strip(),

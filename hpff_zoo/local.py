@@ -21,10 +21,16 @@ loss is also the last window's cascade loss, as in the official HPFF code.
 The weights scale only the gradient the auxiliary losses send into the backbone; each auxiliary
 network itself trains on its own unscaled loss (in the official code the 0.001 weight also slows
 the independent auxiliary's own training to a crawl).
+
+Inference follows timm's model contract, as a timm model would, so that timm's own tooling
+(scripts, TorchScript, FX, the optimizer factory, feature extraction) works on the wrapper:
+``forward``/``forward_features``/``forward_head``, ``forward_intermediates``, ``feature_info``,
+``reset_classifier``, ``group_matcher``, ``no_weight_decay`` and ``set_grad_checkpointing`` are
+the backbone's, with parameter and module names under ``backbone.``. No ``from __future__ import
+annotations`` here: an FX-traced copy of the model is scripted from these type hints.
 """
 
-from __future__ import annotations
-
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,6 +68,10 @@ def _default_backward(loss: Tensor) -> None:
 
 class LocalModel(nn.Module):
     """A timm classifier partitioned into gradient-isolated modules with auxiliary networks.
+
+    Training goes through :meth:`local_step`; ``model(x)`` is the backbone's inference, and in
+    training mode with gradients enabled it warns once (a trainer that back-propagates it, like
+    timm's ``train.py``, trains end to end and leaves the auxiliary networks untouched).
 
     Args:
         backbone: a timm classification model; kept as ``self.backbone`` with its own parameter
@@ -148,7 +158,14 @@ class LocalModel(nn.Module):
         )
         self._parameter_groups = self._group_parameters()
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
-        self.aux = self._build_aux()
+        self.aux = self._build_aux_like_backbone()
+        self._warned_end_to_end = False
+
+    # Properties TorchScript must not compile: they read the (unscriptable) partition or build
+    # Python containers; scripted code needs none of them.
+    __jit_unused_properties__ = (
+        "num_modules", "num_features", "head_hidden_size", "in_chans", "feature_info", "uses_aux",
+    )  # fmt: skip
 
     # --- structure --------------------------------------------------------------------------
 
@@ -160,6 +177,24 @@ class LocalModel(nn.Module):
     def num_features(self) -> int:
         """The backbone's pooled feature width (timm's model contract; read by timm's export)."""
         return self.backbone.num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of ``forward_head(..., pre_logits=True)`` (timm's model contract)."""
+        return getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels (timm's model contract; scripts and exports read it)."""
+        return getattr(self.backbone, "in_chans", self.input_size[0])
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The backbone's feature levels, with module names under ``backbone.``."""
+        return [
+            dict(info, module=f"backbone.{info['module']}") if "module" in info else dict(info)
+            for info in getattr(self.backbone, "feature_info", [])
+        ]
 
     @property
     def uses_aux(self) -> bool:
@@ -347,11 +382,52 @@ class LocalModel(nn.Module):
     # --- inference: the backbone's own ------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            self._check_eager_call(x)
         return self.backbone(x)
 
+    @torch.jit.unused
+    def _check_eager_call(self, x: Tensor) -> None:
+        """Eager-mode guards (skipped by TorchScript and FX tracing): a wrong channel count
+        fails with what to do, and training through ``forward`` warns once."""
+        if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing: no values to check
+            return
+        channels = self.in_chans
+        if x.dim() == 4 and x.shape[1] != channels:
+            mode = "L" if channels == 1 else "RGB"
+            raise ValueError(
+                f"this model takes {channels}-channel images, got a batch of {x.shape[1]}: "
+                f"convert PIL images with image.convert({mode!r}) before the transform (timm "
+                f"datasets: input_img_mode={mode!r}), or create the model with "
+                f"in_chans={x.shape[1]} (timm adapts the pretrained first convolution)"
+            )
+        if self.training and torch.is_grad_enabled():
+            self._warn_end_to_end()
+
+    def _warn_end_to_end(self) -> None:
+        """Warn, once per model, that back-propagating ``model(x)`` is not local learning."""
+        if self._warned_end_to_end or not self.uses_aux:
+            return
+        self._warned_end_to_end = True
+        warnings.warn(
+            f"{type(self).__name__}.forward in training mode with gradients enabled: "
+            "back-propagating its output trains the backbone end to end and leaves the "
+            f"auxiliary networks ({self.method}) untrained. Train with model.local_step(x, y) "
+            "(see recipes/, e.g. recipes/cifar.py), or call model.eval() / torch.no_grad() for "
+            "inference.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The backbone's ``forward_intermediates`` (feature levels as in :attr:`feature_info`)."""
+        return self.backbone.forward_intermediates(x, *args, **kwargs)
+
+    @torch.jit.export
     def forward_features(self, x: Tensor) -> Tensor:
         return self.backbone.forward_features(x)
 
+    @torch.jit.export
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
 
@@ -363,15 +439,63 @@ class LocalModel(nn.Module):
         """
         return F.cross_entropy(self.backbone.forward_head(features), y)
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()
 
-    def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
-        """New classifier head, and fresh auxiliaries sized for the new classes."""
-        self.backbone.reset_classifier(num_classes, *args, **kwargs)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier head, and fresh auxiliaries sized for the new classes.
+
+        As in timm, ``global_pool=None`` keeps the backbone's pooling. The new auxiliaries get
+        the model's device, dtype and train/eval mode, and stay frozen if the ones they replace
+        were (a frozen model must not gain trainable parameters from a head reset).
+        """
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
         self._parameter_groups = self._group_parameters()
-        self.aux = self._build_aux().to(next(self.backbone.parameters()).device)
+        old = list(self.aux.parameters())
+        frozen = bool(old) and not any(p.requires_grad for p in old)
+        self.aux = self._build_aux_like_backbone()
+        self.aux.train(self.training)
+        if frozen:
+            self.aux.requires_grad_(False)
+
+    def _build_aux_like_backbone(self) -> nn.ModuleDict:
+        """:meth:`_build_aux` on the backbone's device and in its floating-point dtype (a model
+        created by timm with ``device="meta"`` or cast to bfloat16 stays uniform)."""
+        param = next(self.backbone.parameters(), None)
+        if param is None:
+            return self._build_aux()
+        with torch.device(param.device):
+            aux = self._build_aux()
+        return aux.to(dtype=param.dtype) if param.is_floating_point() else aux
+
+    # --- timm's model contract: the backbone's, with names under ``backbone.`` ----------------
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the backbone's blocks in ``forward`` (end-to-end use; :meth:`local_step`
+        already frees each module's activations before the next module runs)."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any] | Callable[[str], Any]:
+        """The backbone's parameter groups (layer-wise decay); auxiliary networks fall in timm's
+        last, unmatched group."""
+        matcher = self.backbone.group_matcher(coarse=coarse)
+        if isinstance(matcher, dict):
+            return {group: _under_backbone(spec) for group, spec in matcher.items()}
+        return _under_backbone(matcher)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's parameters exempt from weight decay (a ViT's ``pos_embed``,
+        ``cls_token``), so that timm's optimizer factory treats them as in the plain model."""
+        own = getattr(self.backbone, "no_weight_decay", None)
+        return {f"backbone.{name}" for name in own()} if callable(own) else set()
 
     # --- training ---------------------------------------------------------------------------
 
@@ -638,6 +762,28 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def _under_backbone(spec: Any) -> Any:
+    """A timm group-matcher spec (regex, list of (regex, suffix), or callable) for the same
+    parameters under ``backbone.``.
+
+    timm applies the regexes with ``re.match`` (anchored at the name's start, in every
+    alternative), so the whole pattern goes in a group after the prefix, its ``^`` anchors
+    dropped.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        body = spec.removeprefix("^").replace("|^", "|")
+        return rf"^backbone\.(?:{body})"
+    if isinstance(spec, (list, tuple)):
+        return [(_under_backbone(pattern), suffix) for pattern, suffix in spec]
+    if callable(spec):
+        prefix = "backbone."
+        unmatched = (float("inf"),)  # timm's ordinal for names no group claims
+        return lambda name: spec(name[len(prefix) :]) if name.startswith(prefix) else unmatched
+    raise TypeError(f"unsupported group matcher spec {spec!r}")
 
 
 def _is_dense_target(y: Tensor) -> bool:

@@ -20,14 +20,14 @@ from functools import partial
 from typing import Any
 
 import timm
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import DefaultCfg, PretrainedCfg, build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from ..local import DEFAULT_AUX, LocalModel
-from .pretrained import filter_checkpoint, load_with_fallback
+from .pretrained import available_tags, filter_checkpoint, load_with_fallback
 from .tags import TAGS
 
-__all__ = ["HPFF_MODELS", "LOCAL_KWARGS", "backbone_cfg"]
+__all__ = ["HPFF_MODELS", "LOCAL_KWARGS", "backbone_cfg", "with_channels"]
 
 # hpff name -> (plain timm model, paper defaults)
 HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -47,7 +47,27 @@ LOCAL_KWARGS = (
 FEATURE_KWARGS = ("out_indices", "feature_cls")
 _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
 
-default_cfgs = generate_default_cfgs({name: spec.pretrained_cfg() for name, spec in TAGS.items()})
+
+def _registry_cfgs() -> dict[str, DefaultCfg]:
+    """timm's per-architecture cfgs of every tag, in catalogue order.
+
+    A tag gets a weights location only where weights exist (at import: published, or shipped in
+    model_cards/), so that ``timm.list_pretrained("hpff*")`` lists exactly the tags that load.
+    Built directly rather than with ``generate_default_cfgs``, which would make the first tag
+    *with weights* the architecture's default: ``timm.create_model("hpff_resnet32")`` would turn
+    into a 1-channel Fashion-MNIST model instead of the paper's CIFAR-10 setting.
+    """
+    have = set(available_tags())
+    out: dict[str, DefaultCfg] = {}
+    for name, spec in TAGS.items():
+        entry = out.setdefault(spec.arch, DefaultCfg())
+        entry.tags.append(name.split(".", 1)[1])
+        entry.cfgs[entry.tags[-1]] = PretrainedCfg(**spec.pretrained_cfg(name in have))
+        entry.is_pretrained |= name in have
+    return out
+
+
+default_cfgs = _registry_cfgs()
 
 
 def backbone_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +79,32 @@ def backbone_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """``cfg`` describing ``in_chans``-channel input (``input_size``, ``mean``, ``std``).
+
+    A tag created with another channel count than it was trained with (timm adapts the first
+    convolution's weights) takes other images; its data config must say so, or timm's scripts
+    would feed it the tag's channel count: ``validate.py`` builds every model with
+    ``in_chans=3`` unless told otherwise and reads images in the mode of the config. One channel
+    gets the average statistics; more channels repeat them, as timm repeats the weights.
+    """
+    channels, *size = cfg["input_size"]
+    if channels == in_chans:
+        return cfg
+    out = dict(cfg, input_size=(in_chans, *size))
+    for key in ("mean", "std"):
+        values = tuple(cfg[key])
+        if in_chans == 1:
+            out[key] = (sum(values) / len(values),)
+        else:
+            out[key] = tuple(values[i % len(values)] for i in range(in_chans))
+    return out
+
+
 def _wrap(base: str, cfg: dict[str, Any], **kwargs: Any) -> LocalModel:
     local = {k: kwargs.pop(k) for k in LOCAL_KWARGS if k in kwargs}
+    if "in_chans" in kwargs:
+        cfg = with_channels(cfg, kwargs["in_chans"])
     return LocalModel(timm.create_model(base, pretrained_cfg=cfg, **kwargs), **local)
 
 
@@ -115,10 +159,17 @@ def _create(
     if not pretrained:
         if features is not None:
             return _features(base, cfg, None, features, kwargs)
-        return _build(name, cfg, False, **kwargs)
+        return _describe_input(_build(name, cfg, False, **kwargs))
     model = load_with_fallback(lambda c: _build(name, c, True, **kwargs), cfg, allow_pickle)
     if features is not None:
         return _features(base, model.pretrained_cfg, model.backbone.state_dict(), features, kwargs)
+    return _describe_input(model)
+
+
+def _describe_input(model: LocalModel) -> LocalModel:
+    """Give the model's cfg its real channel count (see :func:`with_channels`); only after the
+    weights are loaded, since timm reads the checkpoint's channel count from the same cfg."""
+    model.pretrained_cfg = model.default_cfg = with_channels(model.pretrained_cfg, model.in_chans)
     return model
 
 

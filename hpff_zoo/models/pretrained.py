@@ -86,13 +86,14 @@ def _no_weights_message(name: str) -> str:
 
 
 def _is_registry_source(cfg: dict[str, Any]) -> bool:
-    """True when ``cfg`` points at its tag's own Hub repo and nothing else."""
+    """True when ``cfg`` is its tag's registry cfg: its own Hub repo, or no weights location
+    (a tag registered before its weights were published or shipped), and nothing else."""
     spec = TAGS.get(f"{cfg.get('architecture')}.{cfg.get('tag')}")
     return (
         spec is not None
         and not cfg.get("source")
         and not any(cfg.get(key) is not None for key in _SOURCE_KEYS)
-        and cfg.get("hf_hub_id") == spec.hf_hub_id
+        and cfg.get("hf_hub_id") in (None, spec.hf_hub_id)
     )
 
 
@@ -158,6 +159,7 @@ def load_with_fallback(
             raise PretrainedWeightsError(_no_weights_message(cfg.get("architecture", "model")))
         return _build_checked(build, _safe_source(cfg, allow_pickle))
     name = f"{cfg['architecture']}.{cfg['tag']}"
+    cfg = {**cfg, "hf_hub_id": TAGS[name].hf_hub_id, "hf_hub_filename": WEIGHTS_FILE}
     shipped = shipped_folder(name)
     if name in tags.HUB_PUBLISHED:
         try:
@@ -206,8 +208,11 @@ def filter_checkpoint(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
     new_head = model.num_classes != cfg.get("num_classes")
 
     backbone_keys = {key for key in own if key.startswith("backbone.")}
-    missing = backbone_keys - set(state_dict) - (classifier if new_head else set())
-    unexpected = set(state_dict) - set(own)
+    # A new head (other num_classes, 0 included): timm drops the checkpoint's classifier after
+    # this filter, so it may be absent from the model or from the checkpoint.
+    new_head_keys = classifier if new_head else set()
+    missing = backbone_keys - set(state_dict) - new_head_keys
+    unexpected = set(state_dict) - set(own) - new_head_keys
     if missing or unexpected:
         raise PretrainedWeightsError(
             f"the checkpoint does not match {cfg.get('architecture')}: "
@@ -215,7 +220,7 @@ def filter_checkpoint(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
             + (f"unexpected {_listing(unexpected)}" if unexpected else "")
         )
     for key, value in state_dict.items():
-        if value.shape == own[key].shape or key in first_conv:
+        if key not in own or value.shape == own[key].shape or key in first_conv:
             continue
         if key in classifier and not new_head:
             raise PretrainedWeightsError(

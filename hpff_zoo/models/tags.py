@@ -15,6 +15,7 @@ weights too (see :mod:`hpff_zoo.models.pretrained`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -217,17 +218,23 @@ class TagSpec:
             kwargs.update(aux=self.aux, aux_budget=self.aux_budget, pff_scope=self.pff_scope)
         return kwargs
 
-    def pretrained_cfg(self) -> dict[str, Any]:
-        """The timm pretrained cfg: weights location, preprocessing, head names under backbone."""
+    def pretrained_cfg(self, has_weights: bool = True) -> dict[str, Any]:
+        """The timm pretrained cfg: weights location, preprocessing, head names under backbone.
+
+        Args:
+            has_weights: whether the tag's weights exist (published or shipped). timm counts a
+                tag with a weights location as pretrained (``timm.list_pretrained``, its test
+                suite), so a tag without weights gets none.
+        """
         base = get_pretrained_cfg(self.base)
         data = self.dataset.data_cfg
+        source = dict(hf_hub_id=self.hf_hub_id, hf_hub_filename=WEIGHTS_FILE) if has_weights else {}
         return dict(
-            hf_hub_id=self.hf_hub_id,
-            hf_hub_filename=WEIGHTS_FILE,
+            **source,
             num_classes=self.dataset.num_classes,
             **data,
             fixed_input_size=base.fixed_input_size,
-            pool_size=base.pool_size if data["input_size"] == base.input_size else None,
+            pool_size=_pool_size(base.pool_size, base.input_size, data["input_size"]),
             first_conv=f"backbone.{base.first_conv}",
             classifier=f"backbone.{base.classifier}",
             license="apache-2.0",
@@ -244,6 +251,22 @@ class TagSpec:
             how += f", HiLo k={self.hilo}" if self.hilo else ", no HiLo"
             how += f", PFF {self.pff}x{self.pff}" if self.pff > 1 else ", no PFF"
         return f"{self.base} trained on {self.dataset.title} with {how}"
+
+
+def _pool_size(
+    base_pool: tuple[int, int] | None, base_input: tuple[int, ...], input_size: tuple[int, ...]
+) -> tuple[int, int] | None:
+    """The final feature map's size at ``input_size``, from the backbone's at its own input.
+
+    The backbone's stride-2 stages (padded convolutions) round odd sizes up: a CIFAR ResNet,
+    8×8 at 32 px, gives 7×7 at Fashion-MNIST's 28 px.
+    """
+    if base_pool is None:
+        return None
+    return tuple(
+        math.ceil(size * pool / base)
+        for size, pool, base in zip(input_size[-2:], base_pool, base_input[-2:])
+    )
 
 
 def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, epochs: int):
