@@ -50,13 +50,31 @@ from .measure import training_flops
 from .partition import Balance, Partition, partition_backbone
 from .patches import grid_slices
 
-__all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm"]
+__all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm", "with_default_aux"]
 
 METHODS = ("e2e", *AUX_METHODS)
 # The auxiliaries of the hpff_* models and from_timm, chosen by measurement (README: "Choosing the
 # default auxiliaries"): cheap ones, each held to 10 % of its module's training FLOPs. The
 # LocalModel class itself defaults to the official architecture.
 DEFAULT_AUX = dict(aux="cheap", aux_budget=0.1, pff_scope="all")
+
+
+def with_default_aux(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with :data:`DEFAULT_AUX` for what it leaves unset.
+
+    The default budget belongs to the default preset: a caller who names ``aux`` gets that
+    architecture as it is (``aux="paper"`` is exactly the official one) unless they also give a
+    budget. (timm's ``create_model`` drops ``None`` arguments, so ``aux_budget=None`` could not
+    turn the budget off.)
+    """
+    out = dict(kwargs)
+    if "aux" not in out:
+        out.setdefault("aux_budget", DEFAULT_AUX["aux_budget"])
+    out.setdefault("aux", DEFAULT_AUX["aux"])
+    out.setdefault("pff_scope", DEFAULT_AUX["pff_scope"])
+    return out
+
+
 OFFICIAL_HILO_WEIGHTS = (0.001, 0.999)
 
 Backward = Callable[[Tensor], Any]
@@ -833,14 +851,15 @@ def from_timm(
         num_modules, method, hilo, pff: see :class:`LocalModel`.
         **kwargs: :class:`LocalModel` options (``splits``, ``balance``, ``hilo_weights``,
             ``aux_options``, ``input_size``, ``aux``, ``aux_budget``, ``pff_scope``: by default
-            :data:`DEFAULT_AUX`, as the hpff_* models); everything else goes to
+            :data:`DEFAULT_AUX`, as the hpff_* models, see :func:`with_default_aux`); everything
+            else goes to
             ``timm.create_model`` (``pretrained``, ``num_classes``, ``in_chans``, ...).
     """
     local_keys = {
         "splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size", "aux",
         "aux_budget", "pff_scope",
     }  # fmt: skip
-    local_kwargs = {**DEFAULT_AUX, **{k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}}
+    local_kwargs = with_default_aux({k: kwargs.pop(k) for k in list(kwargs) if k in local_keys})
     if isinstance(model_or_name, str):
         import timm
 

@@ -92,8 +92,10 @@ class AuxNet(nn.Module):
     """
 
     needs_image: ClassVar[bool] = False
-    global_parts: bool = True
-    dense_parts: bool = False
+    # Which kinds of loss it has (instance attributes where they depend on the spec). No
+    # annotations: TorchScript, scripting a model's inference path, would read them as fields.
+    global_parts = True
+    dense_parts = False
 
     @property
     def image_key(self) -> Any:

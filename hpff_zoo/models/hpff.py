@@ -23,7 +23,7 @@ import timm
 from timm.models import DefaultCfg, PretrainedCfg, build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from ..local import DEFAULT_AUX, LocalModel
+from ..local import LocalModel, with_default_aux
 from .pretrained import available_tags, filter_checkpoint, load_with_fallback
 from .tags import TAGS
 
@@ -39,7 +39,7 @@ HPFF_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "hpff_vgg13": ("vgg13", dict(num_modules=10, method="dgl")),
     "hpff_vit_base_patch16_224": ("vit_base_patch16_224", dict(num_modules=12, method="dgl")),
 }
-HPFF_DEFAULTS = dict(hilo=2, pff=2, **DEFAULT_AUX)
+HPFF_DEFAULTS = dict(hilo=2, pff=2)
 LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
     "input_size", "trace_size", "aux", "aux_budget", "pff_scope",
@@ -147,6 +147,7 @@ def _create(
     settings = {**HPFF_DEFAULTS, **defaults, **(spec.model_kwargs() if spec else {})}
     for key, value in settings.items():
         kwargs.setdefault(key, value)
+    kwargs.update(with_default_aux(kwargs))
     recorded = kwargs.get("pretrained_model_args") or {}
     if kwargs["num_modules"] != recorded.get("num_modules") and kwargs.get("splits") == (
         recorded.get("splits")
