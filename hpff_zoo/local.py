@@ -337,8 +337,10 @@ class LocalModel(nn.Module):
         channels, height, width = self._feature_map_size(index)
         params = list(aux.parameters())
         image_shape = (batch_size, *self.input_size)
+        # The auxiliary's own device and dtype (meta when the model is built on meta).
+        like = params[0] if params else next(self.backbone.parameters())
         if aux.needs_image:  # the target's size: pooling a one-image batch costs nothing
-            target = aux.prepare_image(torch.zeros(1, *self.input_size))
+            target = aux.prepare_image(torch.zeros(1, *self.input_size, device=like.device))
             image_shape = (batch_size, *target.shape[1:])
         shapes: Counter[tuple[LossPart, tuple[int, ...], tuple[int, ...]]] = Counter()
         for part, n in self._aux_passes(aux):
@@ -353,10 +355,12 @@ class LocalModel(nn.Module):
 
                 def run(x: Tensor, part=part, image_patch=image_patch) -> Tensor:
                     y = torch.zeros(batch_size, dtype=torch.long, device=x.device)
-                    image = torch.zeros(image_patch, device=x.device) if aux.needs_image else None
+                    image = None
+                    if aux.needs_image:
+                        image = torch.zeros(image_patch, device=x.device, dtype=x.dtype)
                     return aux(x, y, image, part)
 
-                total += count * training_flops(run, patch, params)
+                total += count * training_flops(run, patch, params, like=like)
         return total
 
     def _aux_passes(self, aux: AuxNet) -> list[tuple[LossPart, int]]:
