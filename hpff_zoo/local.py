@@ -158,11 +158,6 @@ class LocalModel(nn.Module):
         if pff_scope not in PFF_SCOPES:
             raise ValueError(f"pff_scope must be one of {PFF_SCOPES}, got {pff_scope!r}")
         self.pff_scope = pff_scope
-        if (self.aux_arch.decoder_size or self.pff) < self.pff:
-            raise ValueError(
-                f"aux decoder_size={self.aux_arch.decoder_size} cannot be cut into pff="
-                f"{self.pff} x {self.pff} patches"
-            )
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         self.input_size = tuple(input_size or _default_input_size(backbone))
@@ -252,13 +247,20 @@ class LocalModel(nn.Module):
         supervised = self.num_modules - 1
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
         for j in range(supervised):
-            channels, height, width = self._feature_map_size(j)
-            next_atom = self.partition.module_atoms(j + 1)[0]
+            _, height, width = self._feature_map_size(j)
             if self.pff > min(height, width):
                 raise ValueError(
                     f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
                     f"module {j + 1} outputs {height}x{width}"
                 )
+        if (self.aux_arch.decoder_size or self.pff) < self.pff:
+            raise ValueError(
+                f"aux decoder_size={self.aux_arch.decoder_size} cannot be cut into pff="
+                f"{self.pff} x {self.pff} patches"
+            )
+        for j in range(supervised):
+            channels, height, width = self._feature_map_size(j)
+            next_atom = self.partition.module_atoms(j + 1)[0]
             spec = AuxSpec(
                 channels=channels,
                 size=(height, width),
