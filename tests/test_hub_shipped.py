@@ -21,6 +21,7 @@ import timm
 import torch
 from PIL import Image
 
+from hpff_zoo.aux.arch import resolve_aux_arch
 from hpff_zoo.cards import RunRecord
 from hpff_zoo.models import TAGS, shipped_folder
 
@@ -63,9 +64,15 @@ def test_shipped_folder_matches_its_tag(name):
     assert config["architecture"] == spec.arch
     assert config["pretrained_cfg"]["tag"] == spec.tag
     assert tuple(config["pretrained_cfg"]["input_size"]) == spec.dataset.data_cfg["input_size"]
-    assert {k: config["model_args"][k] for k in ("method", "num_modules", "hilo", "pff")} == (
-        spec.model_kwargs()
-    )
+    setting = ("method", "num_modules", "hilo", "pff")
+    expected, recorded = spec.model_kwargs(), config["model_args"]
+    assert {k: recorded[k] for k in setting} == {k: expected[k] for k in setting}
+    # Folders exported before auxiliaries were recorded lack these; where present they match.
+    if "aux" in recorded:
+        arch = resolve_aux_arch(expected["method"], recorded["aux"])
+        assert arch == resolve_aux_arch(expected["method"], expected["aux"])
+    for key in ("aux_budget", "pff_scope"):
+        assert recorded.get(key, expected[key]) == expected[key]
     assert RunRecord.load(folder / "run.json").top1 > 0
 
 
