@@ -65,10 +65,11 @@ def with_default_aux(kwargs: dict[str, Any]) -> dict[str, Any]:
     The default budget belongs to the default preset: a caller who names ``aux`` gets that
     architecture as it is (``aux="paper"`` is exactly the official one) unless they also give a
     budget. (timm's ``create_model`` drops ``None`` arguments, so ``aux_budget=None`` could not
-    turn the budget off.)
+    turn the budget off.) MAN gets none either: its auxiliaries hold copies of the next
+    module's first block, which is the method, not a size a budget can trim.
     """
     out = dict(kwargs)
-    if "aux" not in out:
+    if "aux" not in out and out.get("method") != "man":
         out.setdefault("aux_budget", DEFAULT_AUX["aux_budget"])
     out.setdefault("aux", DEFAULT_AUX["aux"])
     out.setdefault("pff_scope", DEFAULT_AUX["pff_scope"])
@@ -865,7 +866,9 @@ def from_timm(
         "splits", "balance", "hilo_weights", "aux_options", "input_size", "trace_size", "aux",
         "aux_budget", "pff_scope",
     }  # fmt: skip
-    local_kwargs = with_default_aux({k: kwargs.pop(k) for k in list(kwargs) if k in local_keys})
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in local_keys}
+    local_kwargs = with_default_aux({"method": method, **given})
+    del local_kwargs["method"]
     if isinstance(model_or_name, str):
         import timm
 
