@@ -177,6 +177,8 @@ class LocalModel(nn.Module):
 
     # Properties TorchScript must not compile: they read the (unscriptable) partition or build
     # Python containers; scripted code needs none of them.
+    # The auxiliary networks are training-only: scripted inference never reaches them.
+    __jit_ignored_attributes__ = ("aux",)
     __jit_unused_properties__ = (
         "num_modules", "num_features", "head_hidden_size", "in_chans", "feature_info", "uses_aux",
     )  # fmt: skip
@@ -305,6 +307,8 @@ class LocalModel(nn.Module):
         sides = max(spec.size), max(self.input_size[1:]), self.pff
         while (cost := self._cached_aux_flops(aux, spec, index)) > self.aux_budget * module_flops:
             arch = spec.arch.cheaper(*sides)
+            if arch is None and module_flops == 0:
+                break  # a module that computes nothing (a pooling atom): the cheapest there is
             if arch is None:
                 raise ValueError(
                     f"aux_budget={self.aux_budget} is too small for module {index + 1}: its "

@@ -29,7 +29,10 @@ def test_grid_refuses_more_patches_than_positions():
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_aux_sees_n_squared_patches_covering_the_module_output(n):
-    model = timm.create_model("hpff_resnet32", num_modules=4, method="dgl", hilo=False, pff=n)
+    # The paper's DGL auxiliary sees the map at full resolution (the cheap one pools it first).
+    model = timm.create_model(
+        "hpff_resnet32", num_modules=4, method="dgl", hilo=False, pff=n, aux="paper"
+    )
     x, y = batch(4)
     seen = []
     aux = model.aux["independent"]["module2"]
@@ -49,6 +52,7 @@ def test_vit_tokens_are_gridded_and_patched():
         depth=3,
         num_modules=3,
         num_classes=5,
+        aux="paper",
     )
     seen = []
     model.aux["independent"]["module1"].register_forward_pre_hook(
@@ -68,7 +72,9 @@ def test_pff_lowers_the_auxiliary_peak_memory():
     x, y = batch(64)
     peaks = {}
     for n in (1, 2):
-        model = timm.create_model("hpff_resnet32", num_modules=4, hilo=False, pff=n).train()
+        model = timm.create_model(
+            "hpff_resnet32", num_modules=4, hilo=False, pff=n, aux="paper"
+        ).train()
         h = model._run_module(0, x).detach()
         aux = model.aux["independent"]["module1"]
         image = aux.prepare_image(x)
