@@ -96,6 +96,7 @@ class AuxNet(nn.Module):
     # annotations: TorchScript, scripting a model's inference path, would read them as fields.
     global_parts = True
     dense_parts = False
+    pool = None  # the side the whole map is pooled to first (AuxArch.pool), if any
 
     @property
     def image_key(self) -> Any:
@@ -108,7 +109,7 @@ class AuxNet(nn.Module):
         The schedule pools once per map rather than once per patch (average pooling and tiling
         commute); ``None``: the patches come from the map at its own resolution.
         """
-        return None
+        return self.pool
 
     def before_step(self) -> None:
         """Called at the start of every local step, after the previous optimizer update."""

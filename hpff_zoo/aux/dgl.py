@@ -34,9 +34,6 @@ class DGLAux(AuxNet):
             first_stride=lambda side: 1,
         )
 
-    def map_side(self, part: LossPart) -> int | None:
-        return self.pool
-
     def forward(
         self,
         feature: Tensor,

@@ -66,9 +66,6 @@ class PredSimAux(AuxNet):
             )
         )
 
-    def map_side(self, part: LossPart) -> int | None:
-        return self.pool
-
     def forward(
         self,
         feature: Tensor,
