@@ -15,7 +15,7 @@ def test_memory_and_speed_commands_write_results(tmp_path):
     configs = ["--configs", "e2e,dgl:paper,dgl+hpff:paper", "--out", str(tmp_path)]
     memory = benchmark.main(["memory", *common, *configs])
     speed = benchmark.main(["speed", *common, *configs, "--repetitions", "2"])
-    assert [r.config for r in memory] == ["e2e", "dgl", "dgl+hpff"]
+    assert [r.config for r in memory] == ["e2e", "dgl:paper", "dgl+hpff:paper"]
     assert all(r.peak_mib > 0 and r.static_mib > 0 for r in memory)
     # Auxiliary networks add weights, gradients and momentum to the static memory (HiLo's cascade
     # auxiliaries more; the default cheap preset's independent ones under HiLo are linear probes).
@@ -25,7 +25,7 @@ def test_memory_and_speed_commands_write_results(tmp_path):
     assert speed[2].gflops > speed[1].gflops > 0
     record = json.loads((tmp_path / "speed_hpff_resnet32_bs4.json").read_text())
     assert record["results"][0]["config"] == "e2e"
-    assert "| dgl+hpff | 4 |" in (tmp_path / "memory_hpff_resnet32_bs4.md").read_text()
+    assert "| dgl+hpff:paper | 4 |" in (tmp_path / "memory_hpff_resnet32_bs4.md").read_text()
     assert (tmp_path / "memory_hpff_resnet32_bs4.png").stat().st_size > 0
 
 
