@@ -36,6 +36,7 @@ from common import (
     resume_point,
     test_metrics,
     tracker_config,
+    with_memory_format,
 )
 from module_parallel import train_module_parallel
 from torch.utils.data import DataLoader
@@ -226,7 +227,7 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     set_seed(args.seed, deterministic=args.deterministic)
     output = Path(args.output_dir)
     data = load_data(args, accelerator)
-    model = build_checked(args, build_model, data)
+    model = with_memory_format(args, build_checked(args, build_model, data))
     loaders = make_loaders(args, accelerator.num_processes, data, model)
     data_config, train_set, train_loader, test_loader = loaders
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)

@@ -38,6 +38,7 @@ from common import (
     resume_point,
     test_metrics,
     tracker_config,
+    with_memory_format,
 )
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -117,7 +118,7 @@ def train_module_parallel(
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     data = load_data(args, accelerator)
-    model = build_model(args, data).to(accelerator.device)
+    model = with_memory_format(args, build_model(args, data)).to(accelerator.device)
     try:
         stage = ModuleParallel(model, args.module_parallel, micro_batches=args.micro_batches)
     except ValueError as error:  # wrong number of processes, MAN, ...: one clear message

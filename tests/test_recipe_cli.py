@@ -188,11 +188,11 @@ def test_accelerate_launch_settings_apply_unless_the_flag_is_given(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
                 "--num_machines", "1", "--mixed_precision", "bf16"]  # fmt: skip
     stdout = dry_run("cifar.py", "--output-dir", str(tmp_path), launcher=launcher)
-    assert "mixed precision bf16\n" in stdout
+    assert "mixed precision bf16, NCHW layout\n" in stdout
     # What `accelerate launch --mixed_precision bf16` passes on, overridden by the script's flag.
     env = recipe_env(ACCELERATE_MIXED_PRECISION="bf16")
     stdout = dry_run("cifar.py", "--mixed-precision", "no", "--output-dir", str(tmp_path), env=env)
-    assert "mixed precision no\n" in stdout
+    assert "mixed precision no, NCHW layout\n" in stdout
 
 
 # 10: one-line errors before any work ------------------------------------------------------------
