@@ -99,3 +99,24 @@ def test_grid_cells_parse_and_reject_nonsense():
 def test_bad_configuration_names_are_rejected(config):
     with pytest.raises(ValueError, match=r"configuration|unknown method"):
         benchmark.model_kwargs(config)
+
+
+def test_pareto_joins_accuracy_and_speed_and_marks_the_front(tmp_path):
+    def row(config, error, k=16):
+        return dict(config=config, num_modules=k, seeds=1, error_mean=error, error_std=None)
+
+    rows = [row("e2e", 28.0, 1), row("dgl", 35.0), row("dgl+hpff", 27.0), row("infopro", 40.0),
+            row("man", 30.0)]  # fmt: skip
+    seconds = {"e2e": 1.0, "dgl": 0.9, "dgl+hpff": 1.5, "infopro": 1.2}  # man was not timed
+    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": rows}))
+    speed = [dict(config=c, step_seconds=s) for c, s in seconds.items()]
+    (tmp_path / "speed.json").write_text(json.dumps({"results": speed}))
+    table = benchmark.main(["pareto", str(tmp_path / "accuracy.json"),
+                            str(tmp_path / "speed.json"), "--out", str(tmp_path)])  # fmt: skip
+    front = {line.split(" | ")[0][2:] for line in table.splitlines() if "**yes**" in line}
+    # infopro is slower and worse than e2e; dgl (fastest), e2e and dgl+hpff (best) are not beaten.
+    assert front == {"dgl", "e2e", "dgl+hpff"} and "man" not in table
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    (tmp_path / "speed.json").write_text(json.dumps({"results": speed[1:]}))
+    with pytest.raises(SystemExit, match="must time e2e"):
+        benchmark.main(["pareto", str(tmp_path / "accuracy.json"), str(tmp_path / "speed.json")])
