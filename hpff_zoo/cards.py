@@ -29,6 +29,7 @@ from .models import tags
 from .models.tags import DATASETS, PAPERS, TAGS, Dataset, Paper, TagSpec
 
 __all__ = [
+    "QUICK_EVAL_IMAGES",
     "CardFacts",
     "ComputeEstimate",
     "RunRecord",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 ASSUMED_TFLOPS = 50.0  # sustained throughput the GPU-hour estimate assumes (stated in the card)
+
+
+QUICK_EVAL_IMAGES = 2_000  # the slice of the eval split a record also reports (quick checks)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class RunRecord:
         wall_time_s: training wall time.
         peak_memory_bytes: peak training memory of one step (``hpff_zoo.MemoryMeter``).
         e2e_peak_memory_bytes: the same measurement for E2E training at the same batch size.
+        quick_eval_images, quick_eval_top1: top-1 on the first ``quick_eval_images`` images of
+            ``eval_split`` (in the dataset's order), from the same final evaluation: a figure a
+            quick check can re-measure without the whole split.
         notes: anything a reader should know (deviations from the paper's schedule, ...).
     """
 
@@ -73,6 +80,8 @@ class RunRecord:
     wall_time_s: float | None = None
     peak_memory_bytes: int | None = None
     e2e_peak_memory_bytes: int | None = None
+    quick_eval_images: int | None = None
+    quick_eval_top1: float | None = None
     notes: str = ""
 
     @classmethod
@@ -349,7 +358,13 @@ def _results(facts: CardFacts, record: RunRecord) -> str:
         elif ratio > 1:
             memory += f" ({ratio - 1:.0%} more)"
     images = f", {record.num_eval:,} images" if record.num_eval else ""
-    notes = f"\n{record.notes}\n" if record.notes else ""
+    notes = [record.notes] if record.notes else []
+    if record.quick_eval_images and record.quick_eval_top1 is not None:
+        notes.append(
+            f"Top-1 on the first {record.quick_eval_images:,} images of the {record.eval_split} "
+            f"split: {_percent(record.quick_eval_top1)} (what a quick check re-measures)."
+        )
+    notes = "".join(f"\n{note}\n" for note in notes)
     out = _output_dir(record.command)
     return (
         "## Results\n\n"

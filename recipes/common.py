@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 import hpff_zoo
 from hpff_zoo.benchmark.steps import example_batch
-from hpff_zoo.cards import RunRecord, describe_hardware
+from hpff_zoo.cards import QUICK_EVAL_IMAGES, RunRecord, describe_hardware
 from hpff_zoo.data import (
     EMBEDDED,
     KNOWN_DATASETS,
@@ -52,6 +52,7 @@ from hpff_zoo.training import (
     CheckpointManager,
     ThreadChoice,
     TrainingProgress,
+    evaluate,
     peak_memory_against_e2e,
 )
 
@@ -752,6 +753,18 @@ def final_line(record: dict[str, Any], output: Path, accelerator: Accelerator) -
     )
 
 
+def test_metrics(accelerator: Accelerator, model, loader) -> dict[str, Any]:
+    """What an epoch (and the run record) reports of the test split, ``test_*`` keys: top-1,
+    top-5, loss, and top-1 on its first ``QUICK_EVAL_IMAGES`` images."""
+    results = evaluate(accelerator, model, loader, first=QUICK_EVAL_IMAGES)
+    return {
+        "test_top1": results["top1"],
+        "test_top5": results["top5"],
+        "test_loss": results["loss"],
+        "test_top1_first": results["top1_first"],
+    }
+
+
 def make_run_record(
     args: argparse.Namespace,
     net: hpff_zoo.LocalModel,
@@ -792,6 +805,8 @@ def make_run_record(
         wall_time_s=round(wall_time, 1),
         peak_memory_bytes=peak,
         e2e_peak_memory_bytes=e2e_peak,
+        quick_eval_images=min(QUICK_EVAL_IMAGES, len(data.test)),
+        quick_eval_top1=round(record["test_top1_first"], 2),
         notes="; ".join(notes),
     )
 

@@ -34,6 +34,7 @@ from common import (
     make_loaders,
     make_run_record,
     resume_point,
+    test_metrics,
     tracker_config,
     with_memory_format,
 )
@@ -51,7 +52,6 @@ from hpff_zoo.training import (
     TrainingProgress,
     average_buffers,
     configure_threads,
-    evaluate,
     local_step,
     save_model,
     summarize_losses,
@@ -160,7 +160,7 @@ class _Run:
         """Evaluate, report, log and (when due) checkpoint; returns the epoch's record."""
         accelerator, progress = self.accelerator, self.progress
         average_buffers(accelerator, self.net)
-        results = evaluate(accelerator, self.model, self.test_loader)
+        results = test_metrics(accelerator, self.model, self.test_loader)
         sums = torch.tensor([progress.loss_sum, progress.loss_count], device=accelerator.device)
         sums = accelerator.reduce(sums, reduction="sum")
         record = {
@@ -169,15 +169,13 @@ class _Run:
             "step": progress.step,
             "processes": accelerator.num_processes,
             "train_loss": (sums[0] / sums[1].clamp(min=1)).item(),
-            "test_top1": results["top1"],
-            "test_top5": results["top5"],
-            "test_loss": results["loss"],
+            **results,
             **stats,
         }
         peak = stats["peak_step_mib"]
         accelerator.print(
             f"epoch {epoch + 1}/{self.args.epochs}  train loss {record['train_loss']:.4f}  "
-            f"test top-1 {results['top1']:.2f}%  top-5 {format_top5(results['top5'])}  "
+            f"test top-1 {results['test_top1']:.2f}%  top-5 {format_top5(results['test_top5'])}  "
             "peak step memory "
             + (f"{peak:.1f} MiB" if peak is not None else "-")
             + f"  {stats['epoch_seconds']:.1f} s"
@@ -295,8 +293,7 @@ def train(args: argparse.Namespace, build_model: BuildModel) -> dict[str, Any]:
     for epoch in range(run.progress.epoch, args.epochs):
         record = run.end_epoch(epoch, run.train_epoch(epoch))
     if not record:  # resumed after the last epoch: report the saved model's accuracy
-        results = evaluate(accelerator, model, test_loader)
-        record = {"kind": "final", "test_top1": results["top1"], "test_top5": results["top5"]}
+        record = {"kind": "final", **test_metrics(accelerator, model, test_loader)}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(run.net, output, args.dataset, data_config, data.label_names)

@@ -36,6 +36,7 @@ from common import (
     make_loaders,
     make_run_record,
     resume_point,
+    test_metrics,
     tracker_config,
     with_memory_format,
 )
@@ -49,7 +50,6 @@ from hpff_zoo.training import (
     MetricsWriter,
     ThreadChoice,
     TrainingProgress,
-    evaluate,
     save_model,
     summarize_losses,
     unweighted_losses,
@@ -164,16 +164,15 @@ def train_module_parallel(
         record = _train_epoch(args, accelerator, stage, optimizer, scheduler, train_set,
                               train_loader, epoch)  # fmt: skip
         stage.synchronize()
-        results = evaluate(accelerator, model, test_loader)
+        results = test_metrics(accelerator, model, test_loader)
         progress.epoch, progress.step = epoch + 1, progress.step + len(train_loader)
-        record |= {"step": progress.step, "test_top1": results["top1"],
-                   "test_top5": results["top5"], "test_loss": results["loss"]}  # fmt: skip
+        record |= {"step": progress.step, **results}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if isinstance(v, float | int)},
                         step=progress.step)  # fmt: skip
         accelerator.print(
-            f"epoch {epoch + 1}/{args.epochs}  test top-1 {results['top1']:.2f}%  "
-            f"top-5 {format_top5(results['top5'])}  {record['epoch_seconds']:.1f} s "
+            f"epoch {epoch + 1}/{args.epochs}  test top-1 {results['test_top1']:.2f}%  "
+            f"top-5 {format_top5(results['test_top5'])}  {record['epoch_seconds']:.1f} s "
             f"({record['images_per_second']:.0f} img/s)"
         )
         every = args.checkpoint_every_epochs
@@ -181,8 +180,7 @@ def train_module_parallel(
             progress.elapsed_s = elapsed()
             checkpoints.save(accelerator, progress.step, lambda d: state.save(d, progress))
     if not record:  # resumed after the last epoch: report the saved model's accuracy
-        results = evaluate(accelerator, model, test_loader)
-        record = {"test_top1": results["top1"], "test_top5": results["top5"]}
+        record = test_metrics(accelerator, model, test_loader)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(model, output, args.dataset, data_config, data.label_names)

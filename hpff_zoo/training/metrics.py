@@ -18,9 +18,13 @@ __all__ = ["MetricsWriter", "evaluate", "summarize_losses", "unweighted_losses"]
 
 
 @torch.no_grad()
-def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float | None]:
+def evaluate(
+    accelerator, model: nn.Module, loader, first: int | None = None
+) -> dict[str, float | None]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of the backbone over ``loader``;
-    top-5 is None for five classes or fewer, where it would always be 100 %.
+    top-5 is None for five classes or fewer, where it would always be 100 %. With ``first``,
+    also ``top1_first``: top-1 over the loader's first ``first`` examples (in its order), the
+    figure a quick check of the weights can re-measure.
 
     Every process evaluates its shard; ``gather_for_metrics`` collects the per-example results
     and drops the duplicates a distributed sampler adds to even out the last batch.
@@ -29,7 +33,7 @@ def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float | None]:
     was_training = net.training
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64)
-    count, classes = 0, 0
+    count, classes, hits_first = 0, 0, 0.0
     for x, y in loader:
         with accelerator.autocast():
             logits = net(x)
@@ -46,17 +50,22 @@ def evaluate(accelerator, model: nn.Module, loader) -> dict[str, float | None]:
         )
         per_example = accelerator.gather_for_metrics(per_example)
         totals += per_example.double().sum(0).cpu()
+        if first is not None and count < first:
+            hits_first += per_example[: first - count, 0].double().sum().item()
         count += per_example.shape[0]
     net.train(was_training)
     top1, top5, loss = (totals / max(count, 1)).tolist()
     # With five classes or fewer every label is in the top five: no figure to report.
     informative = classes > 5
-    return {
+    results = {
         "top1": 100 * top1,
         "top5": 100 * top5 if informative else None,
         "loss": loss,
         "examples": count,
     }
+    if first is not None:
+        results["top1_first"] = 100 * hits_first / max(min(first, count), 1)
+    return results
 
 
 def unweighted_losses(model: LocalModel, losses: dict[str, float]) -> dict[str, float]:
