@@ -85,6 +85,17 @@ def test_summary_states_the_gap_each_plug_in_closes():
     assert rows["dgl+hpff", 8].closed_gap is None  # no plain DGL at K=8 to compare with
 
 
+def test_plug_ins_are_compared_with_the_same_auxiliaries_without_them():
+    results = [_result("e2e", 1, 0, 90.0), _result("infopro:cheap:0.1", 16, 0, 80.0),
+               _result("infopro:paper", 16, 0, 70.0),
+               _result("infopro+hpff:cheap:0.1:all", 16, 0, 85.0),
+               _result("infopro+hpff:paper:decoder", 16, 0, 80.0)]  # fmt: skip
+    rows = {r.config: r for r in summarize(results)}
+    assert rows["infopro+hpff:cheap:0.1:all"].closed_gap == pytest.approx(0.5)
+    assert rows["infopro+hpff:paper:decoder"].closed_gap == pytest.approx(0.5)
+    assert rows["infopro:paper"].closed_gap is None
+
+
 def test_grid_cells_parse_and_reject_nonsense():
     cells = parse_cells("e2e#1, infopro+hpff@8, man", default_k=16)
     assert cells == [Cell("e2e", 1, 1), Cell("infopro+hpff", 8, 0), Cell("man", 16, 0)]
