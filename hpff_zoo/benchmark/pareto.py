@@ -9,7 +9,7 @@ two by configuration name, so the same names must be given to both (``infopro+hp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["ParetoPoint", "join_accuracy_and_speed", "pareto_table"]
@@ -57,10 +57,7 @@ def join_accuracy_and_speed(
             f"no configuration is in both: the grid has {[r['config'] for r in accuracy_rows]}, "
             f"the speed run {sorted(seconds)}"
         )
-    return [
-        ParetoPoint(**{**vars(p), "on_front": not any(_dominates(q, p) for q in points)})
-        for p in points
-    ]
+    return [replace(p, on_front=not any(_dominates(q, p) for q in points)) for p in points]
 
 
 def _dominates(a: ParetoPoint, b: ParetoPoint) -> bool:
