@@ -175,6 +175,7 @@ class LocalModel(nn.Module):
         )
         self._parameter_groups = self._group_parameters()
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
+        self._module_flops: dict[int, int] = {}  # module training FLOPs by index (batch 2)
         self.aux = self._build_aux_like_backbone()
         self._warned_end_to_end = False
 
@@ -306,7 +307,9 @@ class LocalModel(nn.Module):
         aux = self._new_aux(spec)
         if self.aux_budget is None:
             return aux
-        module_flops = self.module_training_flops(index)
+        if index not in self._module_flops:  # HiLo sizes two auxiliaries per module
+            self._module_flops[index] = self.module_training_flops(index)
+        module_flops = self._module_flops[index]
         sides = max(spec.size), max(self.input_size[1:]), self.pff
         while (cost := self._cached_aux_flops(aux, spec, index)) > self.aux_budget * module_flops:
             arch = spec.arch.cheaper(*sides)

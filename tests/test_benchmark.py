@@ -85,6 +85,17 @@ def test_summary_states_the_gap_each_plug_in_closes():
     assert rows["dgl+hpff", 8].closed_gap is None  # no plain DGL at K=8 to compare with
 
 
+def test_plug_ins_are_compared_with_the_same_auxiliaries_without_them():
+    results = [_result("e2e", 1, 0, 90.0), _result("infopro:cheap:0.1", 16, 0, 80.0),
+               _result("infopro:paper", 16, 0, 70.0),
+               _result("infopro+hpff:cheap:0.1:all", 16, 0, 85.0),
+               _result("infopro+hpff:paper:decoder", 16, 0, 80.0)]  # fmt: skip
+    rows = {r.config: r for r in summarize(results)}
+    assert rows["infopro+hpff:cheap:0.1:all"].closed_gap == pytest.approx(0.5)
+    assert rows["infopro+hpff:paper:decoder"].closed_gap == pytest.approx(0.5)
+    assert rows["infopro:paper"].closed_gap is None
+
+
 def test_grid_cells_parse_and_reject_nonsense():
     cells = parse_cells("e2e#1, infopro+hpff@8, man", default_k=16)
     assert cells == [Cell("e2e", 1, 1), Cell("infopro+hpff", 8, 0), Cell("man", 16, 0)]
@@ -99,3 +110,24 @@ def test_grid_cells_parse_and_reject_nonsense():
 def test_bad_configuration_names_are_rejected(config):
     with pytest.raises(ValueError, match=r"configuration|unknown method"):
         benchmark.model_kwargs(config)
+
+
+def test_pareto_joins_accuracy_and_speed_and_marks_the_front(tmp_path):
+    def row(config, error, k=16):
+        return dict(config=config, num_modules=k, seeds=1, error_mean=error, error_std=None)
+
+    rows = [row("e2e", 28.0, 1), row("dgl", 35.0), row("dgl+hpff", 27.0), row("infopro", 40.0),
+            row("man", 30.0)]  # fmt: skip
+    seconds = {"e2e": 1.0, "dgl": 0.9, "dgl+hpff": 1.5, "infopro": 1.2}  # man was not timed
+    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": rows}))
+    speed = [dict(config=c, step_seconds=s) for c, s in seconds.items()]
+    (tmp_path / "speed.json").write_text(json.dumps({"results": speed}))
+    table = benchmark.main(["pareto", str(tmp_path / "accuracy.json"),
+                            str(tmp_path / "speed.json"), "--out", str(tmp_path)])  # fmt: skip
+    front = {line.split(" | ")[0][2:] for line in table.splitlines() if "**yes**" in line}
+    # infopro is slower and worse than e2e; dgl (fastest), e2e and dgl+hpff (best) are not beaten.
+    assert front == {"dgl", "e2e", "dgl+hpff"} and "man" not in table
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    (tmp_path / "speed.json").write_text(json.dumps({"results": speed[1:]}))
+    with pytest.raises(SystemExit, match="must time e2e"):
+        benchmark.main(["pareto", str(tmp_path / "accuracy.json"), str(tmp_path / "speed.json")])

@@ -67,6 +67,9 @@ def test_cards_show_measured_figures_or_say_not_trained():
     trained = render_card(facts, record=record(top1=87.65, e2e_peak_memory_bytes=4000))
     assert "87.65 %" in trained and "75% less than E2E" in trained
     assert "value: 87.65" in trained  # Hub metadata (model-index)
+    assert "first 2,000" not in trained
+    quick = render_card(facts, record=record(quick_eval_images=2000, quick_eval_top1=88.15))
+    assert "Top-1 on the first 2,000 images of the test split: 88.15 %" in quick
     planned = render_card(facts, spec=TAGS[TAG])
     assert "Not trained yet" in planned and TAGS[TAG].train_command() in planned
     assert "%" not in planned.split("## Use")[0]  # no accuracy figure in a planned card

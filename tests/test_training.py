@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from hpff_zoo.training import (
     CheckpointManager,
     TrainingProgress,
+    evaluate,
     local_step,
     save_model,
     summarize_losses,
@@ -135,3 +136,22 @@ def test_loss_summary_names_first_middle_and_last_module():
     losses = {f"module{i}": i / 10 for i in range(1, 16)} | {"head": 0.5}
     assert summarize_losses(losses) == "head 0.500 | m1 0.100 m8 0.800 m15 1.500"
     assert summarize_losses({"head": 1.0}) == "head 1.000"
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts class 0 for every image whose first pixel is positive, else class 1."""
+
+    def forward(self, x):
+        positive = (x.flatten(1)[:, 0] > 0).float()
+        return torch.stack([positive, 1 - positive], dim=1)
+
+
+def test_evaluate_reports_top1_on_the_first_examples_in_order(accelerator_factory):
+    accelerator = accelerator_factory()
+    x = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, -1.0]).reshape(6, 1, 1, 1)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])  # right, right, wrong, wrong, right, right
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4)
+    results = evaluate(accelerator, _Fixed(), loader, first=3)
+    assert results["top1"] == pytest.approx(100 * 4 / 6)
+    assert results["top1_first"] == pytest.approx(100 * 2 / 3)
+    assert "top1_first" not in evaluate(accelerator, _Fixed(), loader)

@@ -260,14 +260,24 @@ class Row:
     closed_gap: float | None = None  # share of the method's gap to E2E this plug-in closes
     paper_error: float | None = None
 
-    @property
-    def method(self) -> str:
-        return self.config.split("+")[0]
+
+def _without_plugins(config: str) -> tuple:
+    """A configuration's setting with HiLo and PFF off (its PFF scope then means nothing), so
+    that ``infopro+hpff:cheap:0.1:all`` compares with ``infopro:cheap:0.1``."""
+    kwargs = model_kwargs(config)
+    kwargs.pop("pff_scope", None)
+    kwargs.update(hilo=False, pff=1)
+    return tuple(sorted(kwargs.items()))
+
+
+def _alone(row: Row) -> bool:
+    kwargs = model_kwargs(row.config)
+    return row.config != "e2e" and not kwargs["hilo"] and kwargs["pff"] == 1
 
 
 def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[Row]:
     """Rows in first-appearance order; the gap HPFF closes is ``(err_m − err) / (err_m − err_e2e)``
-    against the same method at the same K without plug-ins."""
+    against the same method and auxiliaries at the same K without plug-ins."""
     groups: dict[tuple[str, int], list[CellResult]] = {}
     for result in results:
         groups.setdefault((result.cell.config, result.cell.num_modules), []).append(result)
@@ -286,13 +296,13 @@ def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[
                 paper_error=(paper or {}).get((config, k)),
             )
         )
-    by_key = {(r.config, r.num_modules): r for r in rows}
+    by_setting = {(_without_plugins(r.config), r.num_modules): r for r in rows if _alone(r)}
     e2e = next((r for r in rows if r.config == "e2e"), None)
     closed = []
     for row in rows:
-        alone = by_key.get((row.method, row.num_modules))
+        alone = by_setting.get((_without_plugins(row.config), row.num_modules))
         gap = alone.error_mean - e2e.error_mean if alone and e2e else 0.0
-        if row.config != row.method and alone is not None and gap > 0:
+        if row is not alone and alone is not None and gap > 0:
             share = (alone.error_mean - row.error_mean) / gap
             row = replace(row, closed_gap=share)
         closed.append(row)

@@ -1,4 +1,5 @@
-"""``python -m hpff_zoo.benchmark memory|speed|accuracy``: run, print, and write results."""
+"""``python -m hpff_zoo.benchmark memory|speed|tradeoff|parallel|accuracy|pareto``: run (or
+join), print, and write results."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .accuracy import (
     run_grid,
     summarize,
 )
+from .pareto import join_accuracy_and_speed, pareto_table
 from .steps import (
     DEFAULT_CONFIGS,
     StepMeasurement,
@@ -157,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="recipes/cifar.py of a checkout"
     )
     _output_flags(accuracy)
+
+    pareto = commands.add_parser(
+        "pareto",
+        help="test accuracy against step time, from an accuracy grid and a speed run",
+        description="Join an accuracy grid's accuracy.json with a speed run's JSON by "
+        "configuration name (give both the same names) and mark the Pareto front: the "
+        "configurations no other one beats on both accuracy and step time.",
+    )
+    pareto.add_argument("accuracy", type=Path, help="accuracy.json of `benchmark accuracy`")
+    pareto.add_argument("speed", type=Path, help="the JSON `benchmark speed` wrote")
+    _output_flags(pareto)
     return parser
 
 
@@ -308,6 +321,34 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
     return rows
 
 
+def _pareto(args: argparse.Namespace) -> str:
+    def results(path: Path, key: str) -> list[dict]:
+        try:
+            return json.loads(path.read_text())[key]
+        except (OSError, json.JSONDecodeError, KeyError) as error:
+            raise SystemExit(
+                f"error: {path} is not a benchmark result with {key!r}: {error}"
+            ) from None
+
+    try:
+        points = join_accuracy_and_speed(
+            results(args.accuracy, "rows"), results(args.speed, "results")
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    table = pareto_table(points)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "pareto.md").write_text(table + "\n")
+        if not args.no_plots:
+            from .plots import plot_accuracy_against_time
+
+            title = f"{args.accuracy.parent.name}: top-1 against step time"
+            plot_accuracy_against_time(points, title, args.out / "pareto.png")
+    return table
+
+
 def main(argv: Sequence[str] | None = None):
     """Run one subcommand; returns its measurements (memory, speed) or summary rows (accuracy)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -322,6 +363,8 @@ def main(argv: Sequence[str] | None = None):
         raise SystemExit(f"{args.command} takes no recipe flags after --")
     if args.command == "parallel":
         return _parallel(args)
+    if args.command == "pareto":
+        return _pareto(args)
     results = _steps(args)
     table = steps_table(args.command, results)
     print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .accuracy import CellResult
+from .pareto import ParetoPoint
 from .steps import StepMeasurement
 
 __all__ = [
+    "plot_accuracy_against_time",
     "plot_memory",
     "plot_memory_against_k",
     "plot_memory_against_time",
@@ -57,6 +59,22 @@ def plot_memory_against_time(results: Sequence[StepMeasurement], title: str, pat
     axis.set_xlabel("step time / E2E")
     axis.set_ylabel("step peak memory / E2E")
     axis.set_ylim(bottom=0)
+    return _save(figure, axis, title, path)
+
+
+def plot_accuracy_against_time(points: Sequence[ParetoPoint], title: str, path: Path) -> Path:
+    """Test top-1 against step time / E2E (error bars: std over seeds), the front joined."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.8))
+    for p in points:
+        axis.errorbar(
+            p.time_ratio, p.top1, yerr=p.top1_std or 0, fmt="o" if p.on_front else "s",
+            capsize=3, label=f"{p.config} (K={p.num_modules})",
+        )  # fmt: skip
+    front = sorted((p.time_ratio, p.top1) for p in points if p.on_front)
+    axis.plot(*zip(*front), color="grey", linestyle="--", linewidth=0.8, label="Pareto front")
+    axis.set_xlabel("step time / E2E")
+    axis.set_ylabel("test top-1 %")
     return _save(figure, axis, title, path)
 
 
