@@ -126,7 +126,7 @@ class LocalModel(nn.Module):
     # resident memory would not show the saving (see hpff_zoo.cpu_heap). Every n-th module
     # release of a step hands the heap's free pages back to the OS. Each page handed back is
     # faulted in again by the next module that needs it, so n trades resident memory for step
-    # time (ResNet-110, K=55, batch 128: resident growth / E2E 0.15 at n=1, 0.18 at n=4, 0.45
+    # time (ResNet-110, K=55, batch 128: resident growth / E2E 0.15 at n=1, 0.18-0.23 at n=4, 0.45
     # never; ResNet-32 K=16 steps about 25 % slower at n=1, 5 % at n=4). 0 never trims.
     trim_cpu_heap: int = 4
 

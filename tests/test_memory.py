@@ -59,3 +59,17 @@ def test_pff_lowers_the_peak_of_resnet32_k16_infopro():
     assert peaks[(2, 2)] < peaks[(2, 1)]  # InfoPro+HPFF below InfoPro+HiLo without PFF
     assert peaks[(False, 2)] < peaks[(False, 1)]  # and PFF alone below plain InfoPro
     assert peaks[(2, 2)] < 0.60 * e2e
+
+
+def test_cpu_heap_is_trimmed_after_every_nth_module_release(monkeypatch):
+    from hpff_zoo import cpu_heap
+
+    model = timm.create_model("hpff_resnet32", num_classes=10, num_modules=8)
+    x, y = batch(4)
+    trims = []
+    monkeypatch.setattr(cpu_heap, "trim", lambda: trims.append(1))
+    for every, expected in ((0, 0), (1, 7), (4, 1), (8, 0)):  # 7 modules release their graphs
+        trims.clear()
+        model.trim_cpu_heap = every
+        model.local_step(x, y)
+        assert len(trims) == expected, every
