@@ -882,6 +882,16 @@ def first_line(error: Exception) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def _layout(net: hpff_zoo.LocalModel) -> str:
+    """The layout the backbone's weights really have (a 1x1 or 1-channel kernel is both)."""
+    for module in net.backbone.modules():
+        conv = isinstance(module, torch.nn.Conv2d)
+        if conv and module.in_channels > 1 and module.kernel_size != (1, 1):
+            nhwc = not module.weight.is_contiguous()
+            return "channels-last" if nhwc else "NCHW"
+    return "NCHW"
+
+
 def describe_run(
     args: argparse.Namespace,
     accelerator: Accelerator,
@@ -912,7 +922,7 @@ def describe_run(
         f"{sum(p.numel() for p in net.backbone.parameters()) / 1e6:.2f} M backbone parameters\n"
         f"run    {processes} process(es) on {accelerator.device} "
         f"({accelerator.distributed_type.value}), {threads.describe()}, mixed precision "
-        f"{args.mixed_precision}, {'channels-last' if args.channels_last else 'NCHW'} layout\n"
+        f"{args.mixed_precision}, {_layout(net)} layout\n"
         f"schedule  {args.epochs} epochs x {steps_per_epoch} steps of batch {args.batch_size} "
         f"(x{args.grad_accum} accumulation), lr {args.lr} with {args.warmup_epochs:g} warm-up "
         f"epochs then cosine to {args.min_lr:g}; {preset}\n"
