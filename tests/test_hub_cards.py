@@ -57,7 +57,7 @@ def test_compute_estimate_counts_a_real_training_step():
         model.backbone(torch.randn(2, 1, 28, 28))
     # E2E: one forward and a backward about twice its cost.
     assert 2.5 < estimate.flops_per_image / (forward.get_total_flops() / 2) < 3.5
-    # The tag trains on a 10,000-image subset per epoch (preset fmnist-cpu).
+    # The tag trains on all 60,000 images per epoch (preset fmnist-full).
     assert estimate.total_flops == estimate.flops_per_image * spec.train_images * spec.epochs
 
 
