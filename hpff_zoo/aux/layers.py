@@ -34,18 +34,21 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
         by_group = by_group.reshape(batch // g, g * channels, *spatial)
         weight = None if self.weight is None else self.weight.repeat(g)
         bias = None if self.bias is None else self.bias.repeat(g)
-        out = F.batch_norm(by_group, None, None, weight, bias, True, 0.0, self.eps)
+        # With momentum 1 the kernel leaves each group's batch mean and unbiased variance in
+        # these buffers, so the statistics are computed once, by batch_norm itself.
+        stats: tuple[Tensor | None, Tensor | None] = (None, None)
+        if self.track_running_stats:  # in the running statistics' dtype, as BatchNorm2d keeps them
+            like = self.running_mean
+            stats = (like.new_zeros(g * channels), like.new_ones(g * channels))
+        out = F.batch_norm(by_group, *stats, weight, bias, True, 1.0, self.eps)
         if self.track_running_stats:
-            self._track(by_group.detach(), g)
+            self._track(*stats, g)
         out = out.reshape(batch // g, g, channels, *spatial).transpose(0, 1)
         return out.reshape(x.shape)
 
     @torch.no_grad()
-    def _track(self, by_group: Tensor, groups: int) -> None:
-        dims = [0, *range(2, by_group.dim())]
-        means = by_group.mean(dims).view(groups, -1)
-        variances = by_group.var(dims, unbiased=True).view(groups, -1)
-        for mean, var in zip(means, variances):
+    def _track(self, means: Tensor, variances: Tensor, groups: int) -> None:
+        for mean, var in zip(means.view(groups, -1), variances.view(groups, -1)):
             self.num_batches_tracked += 1
             factor = self.momentum
             if factor is None:  # cumulative moving average, as BatchNorm2d does
