@@ -45,7 +45,7 @@ from . import cpu_heap
 from .aux import AUX_METHODS, AuxNet, AuxSpec, build_aux
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES, LossPart
-from .aux.layers import cap_resolution
+from .aux.layers import cap_resolution, patch_groups
 from .measure import training_flops
 from .partition import Balance, Partition, partition_backbone
 from .patches import grid_slices
@@ -585,10 +585,13 @@ class LocalModel(nn.Module):
         Each patch is its own contiguous leaf tensor (a strided view would make every layer of
         the auxiliary copy it) and its loss (divided by n², so the fused loss is the patch
         average) is back-propagated before the next patch runs: the auxiliary's activations, and
-        the gradient of the patch, exist for one patch at a time. Patch gradients are written
-        into one buffer per source map; one autograd call carries them back through the pooling
-        (and a token layout) to ``h``. With ``pff_scope="decoder"`` the global losses make one
-        pass over the whole map first. A dense target (``(B, H, W)`` label maps, as in
+        the gradient of the patch, exist for one patch at a time. Patches cut from a *pooled*
+        map are small, so there the memory argument is void and n² runs of tiny kernels are pure
+        overhead: equal patches then run as one stack (:meth:`_stackable`) with per-patch
+        BatchNorm statistics, which gives the same losses and gradients. Patch gradients are
+        written into one buffer per source map; one autograd call carries them back through the
+        pooling (and a token layout) to ``h``. With ``pff_scope="decoder"`` the global losses
+        make one pass over the whole map first. A dense target (``(B, H, W)`` label maps, as in
         segmentation) is cut into the same n×n grid over its own height and width.
         """
         detached = h.detach().requires_grad_()
@@ -600,10 +603,11 @@ class LocalModel(nn.Module):
             if side is not None:  # a pooled map still needs a cell per patch (the auxiliary
                 side = max(side, n)  # then pools each patch further itself)
             source, grad = sources.get(side) or (cap_resolution(feature, side), None)
-            height, width = source.shape[-2:]
+            cells = list(grid_slices(*source.shape[-2:], n))
             image_cells = grid_slices(*image.shape[-2:], n) if image is not None else None
             target_cells = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
-            for rows, cols in grid_slices(height, width, n):
+            patches: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (feature, target, image)
+            for rows, cols in cells:
                 image_patch, target = None, y
                 if image_cells is not None:
                     image_rows, image_cols = next(image_cells)
@@ -611,20 +615,28 @@ class LocalModel(nn.Module):
                 if target_cells is not None:
                     target_rows, target_cols = next(target_cells)
                     target = y[..., target_rows, target_cols]
-                whole = n == 1
-                patch = source if whole else source[..., rows, cols].contiguous()
-                patch = patch.detach().requires_grad_()
-                loss = aux(patch, target, image_patch, part) / (n * n)
+                patches.append((source if n == 1 else source[..., rows, cols], target, image_patch))
+            if self._stackable(aux, patches, pooled=source is not feature):
+                patches = [_stack_patches(patches)]
+            for (rows, cols), (patch, target, image_patch) in zip(cells, patches):
+                groups = patch.shape[0] // y.shape[0]
+                patch = (patch.contiguous() if n > 1 else patch).detach().requires_grad_()
+                with patch_groups(aux, groups):
+                    loss = aux(patch, target, image_patch, part) * (groups / (n * n))
                 backward(loss)
                 total += loss.detach()
                 if patch.grad is None:
                     continue
-                if grad is None and whole:
+                if grad is None and n == 1:
                     grad = patch.grad
                     continue
                 if grad is None:
                     grad = torch.zeros_like(source)
-                grad[..., rows, cols] += patch.grad
+                if groups == 1:
+                    grad[..., rows, cols] += patch.grad
+                else:
+                    for (rows, cols), patch_grad in zip(cells, patch.grad.chunk(groups)):
+                        grad[..., rows, cols] += patch_grad
             sources[side] = (source, grad)
         pairs = [(m, g) for m, g in sources.values() if g is not None]
         if not pairs:
@@ -634,6 +646,21 @@ class LocalModel(nn.Module):
         maps, grads = zip(*pairs)
         (grad,) = torch.autograd.grad(maps, detached, grads)
         return grad, total
+
+    @staticmethod
+    def _stackable(
+        aux: AuxNet, patches: list[tuple[Tensor, Tensor, Tensor | None]], pooled: bool
+    ) -> bool:
+        """Whether ``patches`` may run as one stack: more than one, cut from a pooled map (the
+        stack's activations are then a fraction of the module's), of one shape, with class
+        labels (a label map's ignored pixels would weigh patches unequally), through an
+        auxiliary whose loss is a per-sample mean (:attr:`AuxNet.stacks_patches`)."""
+        if len(patches) == 1 or not pooled or not aux.stacks_patches:
+            return False
+        if _is_dense_target(patches[0][1]):
+            return False
+        shapes = {(p.shape, None if i is None else i.shape) for p, _, i in patches}
+        return len(shapes) == 1
 
 
 class _StreamedStep:
@@ -785,6 +812,15 @@ class _StreamedStep:
         if every and self.released % every == 0 and h.device.type == "cpu":
             del h, grad  # the module's last references: its activations are free now
             cpu_heap.trim()
+
+
+def _stack_patches(
+    patches: list[tuple[Tensor, Tensor, Tensor | None]],
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Equal patches (feature, labels, image) as one batch: patch after patch along dim 0."""
+    features, targets, images = zip(*patches)
+    image = None if images[0] is None else torch.cat(images)
+    return torch.cat(features), torch.cat(targets), image
 
 
 def _span(s: slice) -> int:

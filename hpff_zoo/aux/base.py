@@ -97,6 +97,9 @@ class AuxNet(nn.Module):
     global_parts = True
     dense_parts = False
     pool = None  # the side the whole map is pooled to first (AuxArch.pool), if any
+    # True where the loss of a stack of equal patches is the mean of their losses (a per-sample
+    # mean) and every BatchNorm is a PatchBatchNorm2d, so the patches may run as one batch.
+    stacks_patches = False
 
     @property
     def image_key(self) -> Any:

@@ -20,6 +20,8 @@ MAX_WIDTH = 128
 
 @register_aux("dgl")
 class DGLAux(AuxNet):
+    stacks_patches = True  # cross-entropy (and BCE) means
+
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
         arch = spec.arch

@@ -84,6 +84,7 @@ def _per_channel(values: tuple[float, ...], channels: int) -> Tensor:
 
 @register_aux("infopro")
 class InfoProAux(AuxNet):
+    stacks_patches = True  # cross-entropy (and BCE) means
     needs_image = True
     dense_classifier = False  # a per-pixel classifier (segmentation) sees PFF patches too
 

@@ -2,17 +2,78 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .arch import AuxArch
 
 
+class PatchBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` that can normalise a stack of PFF patches as if each patch ran alone.
+
+    Running an auxiliary once on its n² patches stacked along the batch saves n² - 1 launches
+    of every small kernel, but a plain BatchNorm would pool the patches' batch statistics.
+    While ``groups`` > 1 (see :func:`patch_groups`), a training-mode forward normalises each
+    group of ``batch // groups`` consecutive samples with its own statistics and updates the
+    running statistics once per group, in order: the numbers n² separate calls give.
+    Parameters and buffers are BatchNorm2d's, so checkpoints do not see the difference.
+    """
+
+    groups = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1 or not self.training:
+            return super().forward(x)
+        g, (batch, channels, *spatial) = self.groups, x.shape
+        # (g·n, C, ...) -> (n, g·C, ...): one channel per (group, channel), one batch_norm call.
+        by_group = x.reshape(g, batch // g, channels, *spatial).transpose(0, 1)
+        by_group = by_group.reshape(batch // g, g * channels, *spatial)
+        weight = None if self.weight is None else self.weight.repeat(g)
+        bias = None if self.bias is None else self.bias.repeat(g)
+        # With momentum 1 the kernel leaves each group's batch mean and unbiased variance in
+        # these buffers, so the statistics are computed once, by batch_norm itself.
+        stats: tuple[Tensor | None, Tensor | None] = (None, None)
+        if self.track_running_stats:  # in the running statistics' dtype, as BatchNorm2d keeps them
+            like = self.running_mean
+            stats = (like.new_zeros(g * channels), like.new_ones(g * channels))
+        out = F.batch_norm(by_group, *stats, weight, bias, True, 1.0, self.eps)
+        if self.track_running_stats:
+            self._track(*stats, g)
+        out = out.reshape(batch // g, g, channels, *spatial).transpose(0, 1)
+        return out.reshape(x.shape)
+
+    @torch.no_grad()
+    def _track(self, means: Tensor, variances: Tensor, groups: int) -> None:
+        for mean, var in zip(means.view(groups, -1), variances.view(groups, -1)):
+            self.num_batches_tracked += 1
+            factor = self.momentum
+            if factor is None:  # cumulative moving average, as BatchNorm2d does
+                factor = 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+
+
+@contextmanager
+def patch_groups(module: nn.Module, groups: int) -> Iterator[None]:
+    """Within the block, ``module``'s :class:`PatchBatchNorm2d` layers see ``groups`` patches."""
+    norms = [m for m in module.modules() if isinstance(m, PatchBatchNorm2d)] if groups > 1 else []
+    for norm in norms:
+        norm.groups = groups
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.groups = 1
+
+
 def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_chs),
+        PatchBatchNorm2d(out_chs),
         nn.ReLU(inplace=True),
     )
 
