@@ -616,10 +616,11 @@ class LocalModel(nn.Module):
                     target_rows, target_cols = next(target_cells)
                     target = y[..., target_rows, target_cols]
                 patches.append((source if n == 1 else source[..., rows, cols], target, image_patch))
+            runs = [([cell], p) for cell, p in zip(cells, patches)]  # (cells it covers, patch)
             if self._stackable(aux, patches, pooled=source is not feature):
-                patches = [_stack_patches(patches)]
-            for (rows, cols), (patch, target, image_patch) in zip(cells, patches):
-                groups = patch.shape[0] // y.shape[0]
+                runs = [(cells, _stack_patches(patches))]
+            for covered, (patch, target, image_patch) in runs:
+                groups = len(covered)
                 patch = (patch.contiguous() if n > 1 else patch).detach().requires_grad_()
                 with patch_groups(aux, groups):
                     loss = aux(patch, target, image_patch, part) * (groups / (n * n))
@@ -632,11 +633,8 @@ class LocalModel(nn.Module):
                     continue
                 if grad is None:
                     grad = torch.zeros_like(source)
-                if groups == 1:
-                    grad[..., rows, cols] += patch.grad
-                else:
-                    for (rows, cols), patch_grad in zip(cells, patch.grad.chunk(groups)):
-                        grad[..., rows, cols] += patch_grad
+                for (rows, cols), patch_grad in zip(covered, patch.grad.chunk(groups)):
+                    grad[..., rows, cols] += patch_grad
             sources[side] = (source, grad)
         pairs = [(m, g) for m, g in sources.values() if g is not None]
         if not pairs:
