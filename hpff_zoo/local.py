@@ -633,8 +633,7 @@ class LocalModel(nn.Module):
                     continue
                 if grad is None:
                     grad = torch.zeros_like(source)
-                for (rows, cols), patch_grad in zip(covered, patch.grad.chunk(groups)):
-                    grad[..., rows, cols] += patch_grad
+                _add_patch_gradients(grad, covered, patch.grad)
             sources[side] = (source, grad)
         pairs = [(m, g) for m, g in sources.values() if g is not None]
         if not pairs:
@@ -810,6 +809,17 @@ class _StreamedStep:
         if every and self.released % every == 0 and h.device.type == "cpu":
             del h, grad  # the module's last references: its activations are free now
             cpu_heap.trim()
+
+
+def _add_patch_gradients(
+    grad: Tensor, cells: list[tuple[slice, slice]], patch_grad: Tensor
+) -> None:
+    """Add the gradient of a run of patches (stacked along the batch, one per cell) into the
+    map-sized ``grad``. A function of its own so that no view of ``patch_grad`` outlives the
+    call: a loop variable left bound would keep one patch gradient alive through the next
+    patch's forward and backward, which is exactly the memory PFF exists to save."""
+    for (rows, cols), cell_grad in zip(cells, patch_grad.chunk(len(cells))):
+        grad[..., rows, cols] += cell_grad
 
 
 def _stack_patches(
