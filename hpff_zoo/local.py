@@ -616,10 +616,11 @@ class LocalModel(nn.Module):
                     target_rows, target_cols = next(target_cells)
                     target = y[..., target_rows, target_cols]
                 patches.append((source if n == 1 else source[..., rows, cols], target, image_patch))
+            runs = [([cell], p) for cell, p in zip(cells, patches)]  # (cells it covers, patch)
             if self._stackable(aux, patches, pooled=source is not feature):
-                patches = [_stack_patches(patches)]
-            for (rows, cols), (patch, target, image_patch) in zip(cells, patches):
-                groups = patch.shape[0] // y.shape[0]
+                runs = [(cells, _stack_patches(patches))]
+            for covered, (patch, target, image_patch) in runs:
+                groups = len(covered)
                 patch = (patch.contiguous() if n > 1 else patch).detach().requires_grad_()
                 with patch_groups(aux, groups):
                     loss = aux(patch, target, image_patch, part) * (groups / (n * n))
@@ -632,11 +633,7 @@ class LocalModel(nn.Module):
                     continue
                 if grad is None:
                     grad = torch.zeros_like(source)
-                if groups == 1:
-                    grad[..., rows, cols] += patch.grad
-                else:
-                    for (rows, cols), patch_grad in zip(cells, patch.grad.chunk(groups)):
-                        grad[..., rows, cols] += patch_grad
+                _add_patch_gradients(grad, covered, patch.grad)
             sources[side] = (source, grad)
         pairs = [(m, g) for m, g in sources.values() if g is not None]
         if not pairs:
@@ -812,6 +809,17 @@ class _StreamedStep:
         if every and self.released % every == 0 and h.device.type == "cpu":
             del h, grad  # the module's last references: its activations are free now
             cpu_heap.trim()
+
+
+def _add_patch_gradients(
+    grad: Tensor, cells: list[tuple[slice, slice]], patch_grad: Tensor
+) -> None:
+    """Add the gradient of a run of patches (stacked along the batch, one per cell) into the
+    map-sized ``grad``. A function of its own so that no view of ``patch_grad`` outlives the
+    call: a loop variable left bound would keep one patch gradient alive through the next
+    patch's forward and backward, which is exactly the memory PFF exists to save."""
+    for (rows, cols), cell_grad in zip(cells, patch_grad.chunk(len(cells))):
+        grad[..., rows, cols] += cell_grad
 
 
 def _stack_patches(
