@@ -151,8 +151,11 @@ class LocalModel(nn.Module):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
         self.method = method
-        self.cascade_size = _cascade_size(hilo)
-        self.pff = _grid_size(pff)
+        # HiLo and PFF shape the auxiliary networks, which E2E has none of: an E2E model records
+        # them as off, so that its config says how its weights were really trained.
+        cascade_size, grid_size = _cascade_size(hilo), _grid_size(pff)  # validated either way
+        self.cascade_size = 1 if method == "e2e" else cascade_size
+        self.pff = 1 if method == "e2e" else grid_size
         self.hilo_weights = tuple(float(w) for w in hilo_weights)
         self.aux_options = dict(aux_options or {})
         self.aux_arch = resolve_aux_arch(method, aux)

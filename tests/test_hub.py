@@ -212,3 +212,12 @@ def test_cli_exports_a_recipes_output_dir_under_its_tag(exported, tmp_path):
     )
     x, _ = fmnist_batch()
     assert torch.equal(outputs(hub.load_model(tmp_path / "out"), x), outputs(model, x))
+
+
+def test_e2e_model_records_hilo_and_pff_as_off(tmp_path):
+    """E2E has no auxiliaries, so HiLo and PFF settings given to it (the recipes' default flags)
+    do not apply: its export says so, and the E2E tag accepts it."""
+    model = timm.create_model(TAG, hilo=2, pff=2)
+    folder = hub.export_model(model, tmp_path / "out", tag=TAG, record=record())
+    model_args = json.loads((folder / "config.json").read_text())["model_args"]
+    assert (model_args["method"], model_args["hilo"], model_args["pff"]) == ("e2e", False, 1)
