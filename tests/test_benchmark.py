@@ -42,7 +42,7 @@ def test_accuracy_grid_trains_summarises_and_resumes(tmp_path):
     argv = ["accuracy", "--dataset", "mnist5k", "--num-modules", "2",
             "--cells", "e2e#0,e2e#1,dgl+hpff", "--jobs", "2", "--preset", "none",
             "--out", str(tmp_path), "--", "--epochs", "1", "--max-train-samples", "32",
-            "--max-eval-samples", "32", "--batch-size", "16", "--workers", "0",
+            "--max-eval-samples", "32", "--batch-size", "16", "--workers", "0", "--log-every", "1",
             "--report-to", "none", "--checkpoint-every-epochs", "0"]  # fmt: skip
     rows = benchmark.main(argv)
     assert [(r.config, r.num_modules, r.seeds) for r in rows] == [("e2e", 1, 2), ("dgl+hpff", 2, 1)]
@@ -50,6 +50,9 @@ def test_accuracy_grid_trains_summarises_and_resumes(tmp_path):
     assert rows[1].peak_ratio > 0  # measured by the run, against E2E on its batch
     record = json.loads((tmp_path / "accuracy.json").read_text())
     assert {c["cell"]["config"] for c in record["cells"]} == {"e2e", "dgl+hpff"}
+    # The head-loss curve only: a 16-epoch grid's per-module losses would make this file MBs.
+    curves = [step for cell in record["cells"] for step in cell["steps"]]
+    assert curves and all(set(step) == {"step", "loss/head"} for step in curves)
     assert "| dgl+hpff | 2 | 1 |" in (tmp_path / "accuracy.md").read_text()
     assert (tmp_path / "accuracy_curves.png").stat().st_size > 0
 

@@ -133,7 +133,10 @@ class CellResult:
         epochs, steps = [], []
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             entry = json.loads(line)
-            (epochs if entry.get("kind") == "epoch" else steps).append(entry)
+            if entry.get("kind") == "epoch":
+                epochs.append(entry)
+            elif "loss/head" in entry:  # the curve needs only these two; the run keeps the rest
+                steps.append({"step": entry["step"], "loss/head": entry["loss/head"]})
         return cls(
             cell,
             record["top1"],
