@@ -93,7 +93,6 @@ def test_every_known_dataset_has_a_preset_and_help_lists_its_defaults_on_one_lin
 @pytest.mark.parametrize("preset", ["fmnist-full", "fmnist-cpu"])
 def test_a_fashion_mnist_preset_alone_trains_on_fashion_mnist(preset):
     """Not on the recipe's default digits: the preset names its dataset, --dataset overrides it."""
-
     help_text = " ".join(check(run_recipe("cifar.py", "--preset", preset, "--help")).split())
     assert re.search(r" --dataset DATASET .*?\(default: (\w+)\)", help_text)[1] == "fashion_mnist"
     assert dry_run("cifar.py", "--preset", preset, "--dataset", "mnist5k").startswith(
