@@ -500,9 +500,13 @@ def measure_throughput(args: argparse.Namespace) -> dict[str, float]:
     """
     images = args.batch_size * args.steps
     results: dict[str, float] = {}
-    for threads in sorted({1, args.stages}):
-        torch.set_num_threads(threads)
-        results[f"1 process x {threads} thread(s)"] = images / _bench_seconds(args, False)
+    callers_threads = torch.get_num_threads()
+    try:
+        for threads in sorted({1, args.stages}):
+            torch.set_num_threads(threads)
+            results[f"1 process x {threads} thread(s)"] = images / _bench_seconds(args, False)
+    finally:  # the caller's thread count is its own: a test run after this one relies on it
+        torch.set_num_threads(callers_threads)
     seconds = run_stages(_bench_seconds, args.stages, (args, True), timeout=args.timeout)
     results[f"{args.stages} stages x 1 thread"] = images / max(seconds)
     return results

@@ -27,3 +27,18 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Fail a test that leaves this worker's intra-op thread count changed, and restore it.
+
+    The thread count decides the reduction order of oneDNN's kernels: a test that ran later in
+    the same xdist worker with 2 threads instead of 1 trained a segmentor 1e-2 away from the
+    same run in a 1-thread process (test_seg_distributed's E2E case, failing or passing by
+    which worker the scheduler gave it).
+    """
+    yield
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert threads == 1, f"the test left torch's intra-op threads at {threads} (expected 1)"
