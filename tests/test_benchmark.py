@@ -116,21 +116,27 @@ def test_bad_configuration_names_are_rejected(config):
 
 
 def test_pareto_joins_accuracy_and_speed_and_marks_the_front(tmp_path):
-    def row(config, error, k=16):
-        return dict(config=config, num_modules=k, seeds=1, error_mean=error, error_std=None)
+    def row(config, error, peak, k=16):
+        return dict(config=config, num_modules=k, seeds=1, error_mean=error, error_std=None,
+                    peak_ratio=peak)  # fmt: skip
 
-    rows = [row("e2e", 28.0, 1), row("dgl", 35.0), row("dgl+hpff", 27.0), row("infopro", 40.0),
-            row("man", 30.0)]  # fmt: skip
+    rows = [row("e2e", 28.0, 1.0, 1), row("dgl", 35.0, 0.2), row("dgl+hpff", 27.0, 0.4),
+            row("infopro", 40.0, 0.3), row("man", 30.0, 0.5)]  # fmt: skip
     seconds = {"e2e": 1.0, "dgl": 0.9, "dgl+hpff": 1.5, "infopro": 1.2}  # man was not timed
     (tmp_path / "accuracy.json").write_text(json.dumps({"rows": rows}))
     speed = [dict(config=c, step_seconds=s) for c, s in seconds.items()]
     (tmp_path / "speed.json").write_text(json.dumps({"results": speed}))
     table = benchmark.main(["pareto", str(tmp_path / "accuracy.json"),
                             str(tmp_path / "speed.json"), "--out", str(tmp_path)])  # fmt: skip
-    front = {line.split(" | ")[0][2:] for line in table.splitlines() if "**yes**" in line}
+    cells = [line.split(" | ") for line in table.splitlines()[2:]]
+    front = {c[0][2:] for c in cells if c[6] == "**yes**"}
+    memory_front = {c[0][2:] for c in cells if c[7] == "**yes** |"}
     # infopro is slower and worse than e2e; dgl (fastest), e2e and dgl+hpff (best) are not beaten.
     assert front == {"dgl", "e2e", "dgl+hpff"} and "man" not in table
+    # On memory, dgl+hpff (0.4) beats e2e (1.0) and dgl (0.2) beats infopro (0.3) on both axes.
+    assert memory_front == {"dgl", "dgl+hpff"}
     assert (tmp_path / "pareto.png").stat().st_size > 0
+    assert (tmp_path / "pareto_memory.png").stat().st_size > 0
     (tmp_path / "speed.json").write_text(json.dumps({"results": speed[1:]}))
     with pytest.raises(SystemExit, match="must time e2e"):
         benchmark.main(["pareto", str(tmp_path / "accuracy.json"), str(tmp_path / "speed.json")])

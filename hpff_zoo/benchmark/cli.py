@@ -162,10 +162,11 @@ def _parser() -> argparse.ArgumentParser:
 
     pareto = commands.add_parser(
         "pareto",
-        help="test accuracy against step time, from an accuracy grid and a speed run",
+        help="test accuracy against step time and memory, from an accuracy grid and a speed run",
         description="Join an accuracy grid's accuracy.json with a speed run's JSON by "
-        "configuration name (give both the same names) and mark the Pareto front: the "
-        "configurations no other one beats on both accuracy and step time.",
+        "configuration name (give both the same names) and mark the Pareto fronts: the "
+        "configurations no other one beats on both accuracy and step time (pareto.png), and "
+        "on both accuracy and the step peak memory each run measured (pareto_memory.png).",
     )
     pareto.add_argument("accuracy", type=Path, help="accuracy.json of `benchmark accuracy`")
     pareto.add_argument("speed", type=Path, help="the JSON `benchmark speed` wrote")
@@ -344,8 +345,13 @@ def _pareto(args: argparse.Namespace) -> str:
         if not args.no_plots:
             from .plots import plot_accuracy_against_time
 
-            title = f"{args.accuracy.parent.name}: top-1 against step time"
+            name = args.accuracy.parent.name
+            title = f"{name}: top-1 against step time"
             plot_accuracy_against_time(points, title, args.out / "pareto.png")
+            if any(p.peak_ratio is not None for p in points):
+                title = f"{name}: top-1 against step memory"
+                path = args.out / "pareto_memory.png"
+                plot_accuracy_against_time(points, title, path, cost="peak_ratio")
     return table
 
 

@@ -1,9 +1,11 @@
-"""Accuracy against step time: which configurations no other one beats on both.
+"""Accuracy against step time and step memory: which configurations no other one beats.
 
 An accuracy grid (``benchmark accuracy``) and a speed run (``benchmark speed``) are measured
 apart, because their costs differ by orders of magnitude and their loads by machine state: the
 grid's training times are not interleaved, the speed run's step times are. This module joins the
 two by configuration name, so the same names must be given to both (``infopro+hpff:cheap:0.1``).
+Step memory comes with the grid: each run measured its own step peak against E2E's on its batch.
+A user chooses on all three, so each cost gets its own front.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ __all__ = ["ParetoPoint", "join_accuracy_and_speed", "pareto_table"]
 
 @dataclass(frozen=True)
 class ParetoPoint:
-    """One configuration: test top-1 (mean and std over seeds) and step time / E2E."""
+    """One configuration: test top-1 (mean and std over seeds), step time and step peak / E2E.
+
+    ``on_front``: no other point is at least as accurate and as fast, and better on one;
+    ``on_memory_front`` likewise with step memory (False where the grid measured none).
+    """
 
     config: str
     num_modules: int
@@ -25,14 +31,16 @@ class ParetoPoint:
     top1_std: float | None
     seeds: int
     time_ratio: float
+    peak_ratio: float | None = None
     on_front: bool = False
+    on_memory_front: bool = False
 
 
 def join_accuracy_and_speed(
     accuracy_rows: Sequence[dict[str, Any]], speed_results: Sequence[dict[str, Any]]
 ) -> list[ParetoPoint]:
-    """Points for every grid row whose configuration the speed run timed, with the Pareto front
-    (no other point at least as accurate and at least as fast, and better on one) marked.
+    """Points for every grid row whose configuration the speed run timed, with the Pareto fronts
+    of accuracy against step time and against step memory marked.
 
     Raises:
         ValueError: the speed run has no ``e2e`` baseline, or the two share no configuration.
@@ -48,6 +56,7 @@ def join_accuracy_and_speed(
             row["error_std"],
             row["seeds"],
             seconds[row["config"]] / seconds["e2e"],
+            row.get("peak_ratio"),
         )
         for row in accuracy_rows
         if row["config"] in seconds
@@ -57,24 +66,37 @@ def join_accuracy_and_speed(
             f"no configuration is in both: the grid has {[r['config'] for r in accuracy_rows]}, "
             f"the speed run {sorted(seconds)}"
         )
-    return [replace(p, on_front=not any(_dominates(q, p) for q in points)) for p in points]
+    measured = [p for p in points if p.peak_ratio is not None]
+    return [
+        replace(
+            p,
+            on_front=not any(_dominates(q, p, "time_ratio") for q in points),
+            on_memory_front=p.peak_ratio is not None
+            and not any(_dominates(q, p, "peak_ratio") for q in measured),
+        )
+        for p in points
+    ]
 
 
-def _dominates(a: ParetoPoint, b: ParetoPoint) -> bool:
-    at_least = a.top1 >= b.top1 and a.time_ratio <= b.time_ratio
-    return at_least and (a.top1 > b.top1 or a.time_ratio < b.time_ratio)
+def _dominates(a: ParetoPoint, b: ParetoPoint, cost: str) -> bool:
+    a_cost, b_cost = getattr(a, cost), getattr(b, cost)
+    at_least = a.top1 >= b.top1 and a_cost <= b_cost
+    return at_least and (a.top1 > b.top1 or a_cost < b_cost)
 
 
 def pareto_table(points: Sequence[ParetoPoint]) -> str:
-    """Markdown: one row per point, fastest first, front members in bold."""
+    """Markdown: one row per point, fastest first, each front's members marked in bold."""
     lines = [
-        "| configuration | K | seeds | test top-1 % | step time / E2E | Pareto front |",
-        "|---|---|---|---|---|---|",
+        "| configuration | K | seeds | test top-1 % | step time / E2E | step peak / E2E "
+        "| front (time) | front (memory) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(points, key=lambda p: p.time_ratio):
         top1 = f"{p.top1:.2f}" + (f" ± {p.top1_std:.2f}" if p.top1_std else "")
-        mark = "**yes**" if p.on_front else ""
+        peak = "" if p.peak_ratio is None else f"{p.peak_ratio:.2f}"
+        marks = ["**yes**" if on else "" for on in (p.on_front, p.on_memory_front)]
         lines.append(
-            f"| {p.config} | {p.num_modules} | {p.seeds} | {top1} | {p.time_ratio:.2f} | {mark} |"
+            f"| {p.config} | {p.num_modules} | {p.seeds} | {top1} | {p.time_ratio:.2f} | {peak} "
+            f"| {marks[0]} | {marks[1]} |"
         )
     return "\n".join(lines)

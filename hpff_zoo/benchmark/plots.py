@@ -62,18 +62,24 @@ def plot_memory_against_time(results: Sequence[StepMeasurement], title: str, pat
     return _save(figure, axis, title, path)
 
 
-def plot_accuracy_against_time(points: Sequence[ParetoPoint], title: str, path: Path) -> Path:
-    """Test top-1 against step time / E2E (error bars: std over seeds), the front joined."""
+def plot_accuracy_against_time(
+    points: Sequence[ParetoPoint], title: str, path: Path, cost: str = "time_ratio"
+) -> Path:
+    """Test top-1 against step time / E2E, or with ``cost="peak_ratio"`` against step peak
+    memory / E2E (error bars: std over seeds), that cost's front joined."""
     plt = _pyplot()
+    on_front = "on_front" if cost == "time_ratio" else "on_memory_front"
+    shown = [p for p in points if getattr(p, cost) is not None]
     figure, axis = plt.subplots(figsize=(7, 4.8))
-    for p in points:
+    for p in shown:
         axis.errorbar(
-            p.time_ratio, p.top1, yerr=p.top1_std or 0, fmt="o" if p.on_front else "s",
-            capsize=3, label=f"{p.config} (K={p.num_modules})",
+            getattr(p, cost), p.top1, yerr=p.top1_std or 0,
+            fmt="o" if getattr(p, on_front) else "s", capsize=3,
+            label=f"{p.config} (K={p.num_modules})",
         )  # fmt: skip
-    front = sorted((p.time_ratio, p.top1) for p in points if p.on_front)
+    front = sorted((getattr(p, cost), p.top1) for p in shown if getattr(p, on_front))
     axis.plot(*zip(*front), color="grey", linestyle="--", linewidth=0.8, label="Pareto front")
-    axis.set_xlabel("step time / E2E")
+    axis.set_xlabel("step time / E2E" if cost == "time_ratio" else "step peak memory / E2E")
     axis.set_ylabel("test top-1 %")
     return _save(figure, axis, title, path)
 
