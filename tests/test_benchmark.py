@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
 from hpff_zoo import benchmark
-from hpff_zoo.benchmark.accuracy import Cell, CellResult, parse_cells, summarize
+from hpff_zoo.benchmark.accuracy import (
+    Cell,
+    CellResult,
+    GridError,
+    parse_cells,
+    recorded_results,
+    summarize,
+)
 
 
 def test_memory_and_speed_commands_write_results(tmp_path):
@@ -60,6 +68,32 @@ def test_accuracy_grid_trains_summarises_and_resumes(tmp_path):
     size = log.stat().st_size
     assert benchmark.main(argv) == rows  # finished cells are read back, not retrained
     assert log.stat().st_size == size
+
+
+def _grid_record(preset: str, cells: list[CellResult]) -> dict:
+    return {"model": "hpff_resnet32", "dataset": "fashion_mnist",
+            "recipe_args": ["--preset", preset], "cells": [asdict(c) for c in cells]}  # fmt: skip
+
+
+def test_a_recorded_grid_joins_new_seeds_of_the_same_protocol(tmp_path):
+    seed0 = [CellResult(Cell("e2e", 1, 0), 93.0, 60.0, 100, 100, "cmd", [{"test_top1": 93.0}]),
+             CellResult(Cell("infopro", 16, 0), 91.0, 90.0, 20, 100, "cmd")]  # fmt: skip
+    record = _grid_record("fmnist-full", seed0)
+    recorded = recorded_results(record, "hpff_resnet32", "fashion_mnist", "fmnist-full")
+    assert recorded == seed0  # every field survives the JSON record, curves included
+    seed1 = CellResult(Cell("infopro", 16, 1), 92.0, 95.0, 20, 100, "cmd")
+    rows = summarize([*recorded, seed1])
+    infopro = next(r for r in rows if r.config == "infopro")
+    assert infopro.seeds == 2 and infopro.error_mean == pytest.approx(8.5)
+    with pytest.raises(GridError, match="fmnist-cpu"):
+        recorded_results(record, "hpff_resnet32", "fashion_mnist", "fmnist-cpu")
+    # The CLI refuses another protocol's record in one line, before training anything.
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    argv = ["accuracy", "--cells", "e2e", "--out", str(tmp_path / "grid"),
+            "--merge", str(tmp_path / "old.json")]  # fmt: skip
+    with pytest.raises(SystemExit, match="not this grid's protocol"):
+        benchmark.main(argv)
+    assert not (tmp_path / "grid").exists()
 
 
 def test_parallel_command_times_stages_against_one_process():

@@ -35,6 +35,7 @@ __all__ = [
     "Row",
     "accuracy_table",
     "parse_cells",
+    "recorded_results",
     "run_grid",
     "summarize",
 ]
@@ -147,6 +148,26 @@ class CellResult:
             epochs,
             steps,
         )
+
+
+def recorded_results(record: dict, model: str, dataset: str, preset: str) -> list[CellResult]:
+    """The cells an earlier grid's ``accuracy.json`` recorded, to summarise beside this grid's.
+
+    A record keeps each cell's top-1, memory, time and curves, so new seeds can join runs whose
+    folders are gone (``--merge``). Only a record of the same protocol is comparable.
+
+    Raises:
+        GridError: the record trained another architecture or dataset, or with another preset.
+    """
+    args = record.get("recipe_args", [])
+    theirs = args[args.index("--preset") + 1] if "--preset" in args else "none"
+    mine, recorded = (model, dataset, preset), (record["model"], record["dataset"], theirs)
+    if mine != recorded:
+        raise GridError(
+            "the merged record is not this grid's protocol: it trained (model, dataset, preset) "
+            f"= {recorded}, this grid {mine}"
+        )
+    return [CellResult(**{**entry, "cell": Cell(**entry["cell"])}) for entry in record["cells"]]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .accuracy import (
     Row,
     accuracy_table,
     parse_cells,
+    recorded_results,
     run_grid,
     summarize,
 )
@@ -158,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     accuracy.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="recipes/cifar.py of a checkout"
     )
+    accuracy.add_argument(
+        "--merge",
+        type=Path,
+        metavar="ACCURACY_JSON",
+        help="also summarise the cells an earlier grid of the same model, dataset and preset "
+        "recorded (its accuracy.json), e.g. seed 0 beside this grid's seed 1; a cell this grid "
+        "trains replaces the recorded one",
+    )
     _output_flags(accuracy)
 
     pareto = commands.add_parser(
@@ -270,6 +279,13 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
             "source checkout; pass --recipe PATH"
         )
     cells = parse_cells(args.cells, args.num_modules)
+    recorded: list[CellResult] = []
+    if args.merge is not None:
+        try:
+            record = json.loads(args.merge.read_text())
+            recorded = recorded_results(record, args.model, args.dataset, args.preset)
+        except (OSError, ValueError, KeyError, TypeError, GridError) as error:
+            raise SystemExit(f"error: --merge {args.merge}: {error}") from None
     out = args.out or Path("results/accuracy")
     preset = [] if args.preset == "none" else ["--preset", args.preset]
     settings = GridSettings(
@@ -296,6 +312,7 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
         results = run_grid(settings, cells, report)
     except GridError as error:
         raise SystemExit(f"error: {error}; rerun the same command to retry them") from None
+    results = [r for r in recorded if r.cell not in cells] + results
     paper = PAPER_CIFAR10_RESNET32 if args.model == "hpff_resnet32" else None
     rows = summarize(results, paper)
     table = accuracy_table(rows)
