@@ -64,7 +64,11 @@ def test_cuda_meter_reads_the_allocators_peak_and_reserved():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_through_accelerate_trains(precision):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # Accelerate's state is a process-wide singleton fixed by the first Accelerator: reset it,
+    # or the second precision would be refused (or another test's setting inherited).
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=precision, cpu=False)
     model = _small(hilo=2, pff=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -79,7 +83,9 @@ def test_autocast_through_accelerate_trains(precision):
             losses = accelerator.unwrap_model(model).local_step(x, y, accelerator.backward)
         optimizer.step()
         first = first if first is not None else losses["head"]
+    AcceleratorState._reset_state(reset_partial_state=True)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    # fp16's loss scaler may skip its first steps on overflow; 8 steps leave enough to learn.
     assert losses["head"] < first
 
 
