@@ -137,12 +137,15 @@ class MemoryReport:
         rss_peak_bytes: on CPU Linux, how far the process's resident memory rose above its level
             at entry, as the operating system counts it (``None`` elsewhere). It includes what
             the allocator keeps after tensors are freed, which is what a CPU user pays.
+        reserved_peak_bytes: on CUDA, how far the caching allocator's reserved memory rose
+            above its level at entry (what ``nvidia-smi`` sees grow; ``None`` elsewhere).
     """
 
     peak_bytes: int
     end_bytes: int
     device: str
     rss_peak_bytes: int | None = None
+    reserved_peak_bytes: int | None = None
 
     @property
     def peak_mib(self) -> float:
@@ -186,6 +189,9 @@ class _LiveTensorTracker(TorchDispatchMode):
         return out
 
 
+_ACTIVE_CUDA_METERS: list[MemoryMeter] = []
+
+
 class MemoryMeter:
     """Context manager measuring the peak memory of the code it wraps.
 
@@ -196,22 +202,39 @@ class MemoryMeter:
         print(meter.report.peak_mib)
 
     On CUDA the allocator's own peak statistics are used (``torch.cuda.max_memory_allocated``
-    minus what was allocated on entry); on any other device the live-tensor tracker above, and on
-    Linux also the process's peak-RSS mark (reset on entry, read on exit).
+    minus what was allocated on entry, and likewise for reserved memory); on any other device
+    the live-tensor tracker above, and on Linux also the process's peak-RSS mark (reset on entry,
+    read on exit). CUDA meters nest: entering one resets the device's peak counters, so it
+    first hands the peaks seen so far to the meters already open, which would lose them.
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.report: MemoryReport | None = None
         self._tracker: _LiveTensorTracker | None = None
         self._start = 0
+        self._reserved_start = 0
+        self._carried = (0, 0)  # peaks (allocated, reserved) seen before an inner meter reset
         self._rss_start: int | None = None
+
+    def _cuda_peaks(self) -> tuple[int, int]:
+        return (
+            max(self._carried[0], torch.cuda.max_memory_allocated(self.device)),
+            max(self._carried[1], torch.cuda.max_memory_reserved(self.device)),
+        )
 
     def __enter__(self) -> MemoryMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            for outer in _ACTIVE_CUDA_METERS:
+                if outer.device == self.device:
+                    outer._carried = outer._cuda_peaks()
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
+            self._reserved_start = torch.cuda.memory_reserved(self.device)
+            _ACTIVE_CUDA_METERS.append(self)
         else:
             self._rss_start = _reset_peak_rss()
             self._tracker = _LiveTensorTracker()
@@ -221,9 +244,21 @@ class MemoryMeter:
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) - self._start
+            _ACTIVE_CUDA_METERS.remove(self)
+            allocated, reserved = self._cuda_peaks()
+            for outer in _ACTIVE_CUDA_METERS:  # the counters are shared: keep what we saw
+                if outer.device == self.device:
+                    outer._carried = (
+                        max(outer._carried[0], allocated),
+                        max(outer._carried[1], reserved),
+                    )
             end = torch.cuda.memory_allocated(self.device) - self._start
-            self.report = MemoryReport(peak, end, str(self.device))
+            self.report = MemoryReport(
+                allocated - self._start,
+                end,
+                str(self.device),
+                reserved_peak_bytes=reserved - self._reserved_start,
+            )
         else:
             assert self._tracker is not None
             self._tracker.__exit__(*exc)

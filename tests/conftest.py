@@ -24,6 +24,16 @@ def pytest_configure(config):
         import yapf  # noqa: F401
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``cuda``-marked tests, with the reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""``python -m hpff_zoo.benchmark memory|speed|tradeoff|parallel|accuracy|pareto``: run (or
+"""``python -m hpff_zoo.benchmark memory|speed|tradeoff|parallel|accuracy|pareto|gpu``: run (or
 join), print, and write results."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import gpu
 from .accuracy import (
     DEFAULT_CELLS,
     PAPER_CIFAR10_RESNET32,
@@ -180,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     pareto.add_argument("accuracy", type=Path, help="accuracy.json of `benchmark accuracy`")
     pareto.add_argument("speed", type=Path, help="the JSON `benchmark speed` wrote")
     _output_flags(pareto)
+    gpu.add_parser(commands)
     return parser
 
 
@@ -388,6 +390,8 @@ def main(argv: Sequence[str] | None = None):
         return _parallel(args)
     if args.command == "pareto":
         return _pareto(args)
+    if args.command == "gpu":
+        return gpu.run(args)
     results = _steps(args)
     table = steps_table(args.command, results)
     print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")

@@ -95,6 +95,7 @@ class StepMeasurement:
     peak_mib: float | None = None
     static_mib: float | None = None
     rss_mib: float | None = None
+    reserved_mib: float | None = None
     step_seconds: float | None = None
     step_seconds_min: float | None = None
     step_seconds_max: float | None = None
