@@ -30,6 +30,7 @@ the backbone's, with parameter and module names under ``backbone.``. No ``from _
 annotations`` here: an FX-traced copy of the model is scripted from these type hints.
 """
 
+import functools
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -708,7 +709,12 @@ class _StreamedStep:
         return self.loss_values()
 
     def loss_values(self) -> dict[str, float]:
-        return {name: value.item() for name, value in self.losses.items()}
+        """The losses as floats, read in one device sync rather than one per module."""
+        if not self.losses:
+            return {}
+        values = [value.detach() for value in self.losses.values()]
+        dtype = functools.reduce(torch.promote_types, (v.dtype for v in values))
+        return dict(zip(self.losses, torch.stack([v.to(dtype) for v in values]).tolist()))
 
     def start(self, h: Tensor) -> Tensor:
         """Forward and local backward of the range on ``h``; returns its last module's output.

@@ -257,7 +257,10 @@ class ModuleParallel:
         sends: list[tuple[Any, ...]] = []
         waiting: deque[tuple[_StreamedStep, Tensor, Tensor]] = deque()
         totals: dict[str, float] = defaultdict(float)
-        for xm, ym in zip(x.to(self.device).chunk(count), y.to(self.device).chunk(count)):
+        for xm, ym in zip(
+            x.to(self.device, non_blocking=True).chunk(count),
+            y.to(self.device, non_blocking=True).chunk(count),
+        ):
             h = xm if self.is_first else self._recv_activation()
             step = _StreamedStep(self.model, xm, ym, scaled, modules=self.modules)
             out = step.start(h)

@@ -620,7 +620,11 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         # the optimizer steps and the schedule do not depend on the number of processes.
         # Seedable sampler: the shuffle of epoch e is a function of (seed, e), as resumes need.
         dataloader_config=DataLoaderConfiguration(
-            split_batches=True, use_seedable_sampler=True, data_seed=args.seed
+            split_batches=True,
+            use_seedable_sampler=True,
+            data_seed=args.seed,
+            # Pinned batches copied without blocking the host (a no-op on the CPU).
+            non_blocking=torch.cuda.is_available(),
         ),
         **accumulation,
     )
