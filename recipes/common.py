@@ -451,8 +451,9 @@ def check_args(parser: RecipeParser, args: argparse.Namespace) -> None:
     if args.model is not None:
         check_model_name(parser, args.model, "--model")
     if args.num_modules and args.hilo > args.num_modules and args.method != "e2e":
-        parser.error(f"--hilo {args.hilo} exceeds --num-modules {args.num_modules}: a HiLo "
-                     "cascade spans at most all K modules")  # fmt: skip
+        parser.error(
+            _hilo_too_long(args.hilo, args.num_modules, f"--num-modules {args.num_modules}")
+        )
     if args.batch_size % (args.grad_accum or 1):
         parser.error(f"--batch-size {args.batch_size} is not a multiple of --grad-accum "
                      f"{args.grad_accum}")  # fmt: skip
@@ -565,10 +566,19 @@ def with_memory_format(args: argparse.Namespace, model: hpff_zoo.LocalModel):
 def check_model(args: argparse.Namespace, model: hpff_zoo.LocalModel) -> None:
     """What only the built model can tell: a HiLo cascade longer than its K modules."""
     if model.method != "e2e" and model.cascade_size > model.num_modules:
-        raise SystemExit(
-            f"error: --hilo {args.hilo} exceeds the model's K={model.num_modules} modules: "
-            "choose --hilo at most K (or a larger --num-modules)"
-        )
+        message = _hilo_too_long(args.hilo, model.num_modules, f"the model's K={model.num_modules}")
+        raise SystemExit(f"error: {message}")
+
+
+def _hilo_too_long(hilo: int, num_modules: int, k: str) -> str:
+    """Why a HiLo cascade of ``hilo`` does not fit ``num_modules`` modules; ``k`` names where K
+    came from. With K = 1 no cascade fits, so the message blames K, not ``--hilo``, which the
+    user has most likely left at its default."""
+    if num_modules == 1:
+        return (f"{k}: HiLo needs K >= 2 modules; add --hilo 0 (HiLo off) or use "
+                "--num-modules 2 or more")  # fmt: skip
+    return (f"--hilo {hilo} exceeds {k}: a HiLo cascade spans at most all K modules; choose "
+            "--hilo at most K or a larger --num-modules")  # fmt: skip
 
 
 def create_optimizer(args: argparse.Namespace, parameters) -> torch.optim.Optimizer:

@@ -214,6 +214,8 @@ def test_accelerate_launch_settings_apply_unless_the_flag_is_given(tmp_path):
         (["--model", "hpff_resnt32"], "unknown model; did you mean hpff_resnet32"),
         (["--model", "hpff_resnet32.fmnist_k16"], "no such tag; did you mean"),
         (["--num-modules", "2", "--hilo", "3"], "--hilo 3 exceeds --num-modules 2"),
+        # The default --hilo 2 is not blamed: K=1 is what leaves no room for a cascade.
+        (["--num-modules", "1"], "--num-modules 1: HiLo needs K >= 2 modules; add --hilo 0"),
         (["--lr", "0"], "argument --lr: must be greater than 0"),
         (["--lr", "-0.1"], "argument --lr: must be greater than 0"),
         (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
@@ -230,6 +232,7 @@ def test_flag_mistakes_are_one_line(args, expected, tmp_path, capsys, monkeypatc
         cifar.main([*args, "--output-dir", str(output)])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in error and expected in error, error
+    assert "--hilo" in args or "--hilo 2" not in error, error  # not the default the user never gave
     assert not output.exists()
 
 
