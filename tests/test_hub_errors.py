@@ -127,5 +127,12 @@ def test_cli_help_and_errors(tmp_path, capsys):
         hub.main(["export", "--help"])
     assert exit_info.value.code == 0
     assert "--tag" in capsys.readouterr().out
-    assert hub.main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+    missing = str(tmp_path / "missing")
+    assert hub.main(["export", missing, str(tmp_path / "out")]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    e2e = ["--e2e-record", str(tmp_path / "e2e.json")]
+    assert hub.main(["export", missing, str(tmp_path / "out"), *e2e]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert hub.main(["export", str(tmp_path / "empty"), str(tmp_path / "out")]) == 1
     assert "has no run.json" in capsys.readouterr().err
