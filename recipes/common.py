@@ -101,7 +101,10 @@ _memory_size.__name__ = "memory size (e.g. 4GB, 512MiB)"
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Options and their help on one line (help from column 32), each help ending with the
-    default that applies: the recipe's, or its preset's, since the preset is set first."""
+    default that applies: the recipe's, or its preset's, since the preset is set first.
+
+    A help's own "(default: ...)" says what happens when the flag has no value; a recipe or
+    preset that sets one replaces that text, so the help names one default, not two."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
@@ -113,11 +116,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             or "%(default)" in help
         ):
             return help
-        return help + " (default: %(default)s)"
+        return help.split(" (default: ")[0] + " (default: %(default)s)"
 
 
-def build_parser(description: str, defaults: dict[str, Any]) -> RecipeParser:
-    """The flags every recipe shares; ``defaults`` are the recipe's (paper) values."""
+def build_parser(
+    description: str, defaults: dict[str, Any], *, model_flag: bool = True
+) -> RecipeParser:
+    """The flags every recipe shares; ``defaults`` are the recipe's (paper) values.
+
+    ``model_flag=False`` (a recipe that takes its model elsewhere) keeps ``--model`` out of
+    ``--help``; it is still parsed, so that the recipe can refuse it in one line.
+    """
     parser = RecipeParser(
         description=description,
         formatter_class=HelpFormatter,
@@ -178,7 +187,9 @@ def build_parser(description: str, defaults: dict[str, Any]) -> RecipeParser:
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        help="hpff_* model, one of its catalogue tags, or any timm classifier",
+        help="hpff_* model, one of its catalogue tags, or any timm classifier"
+        if model_flag
+        else argparse.SUPPRESS,
         default=None,
     )
     model.add_argument(

@@ -112,7 +112,7 @@ def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser(__doc__, DEFAULTS)
+    parser = build_parser(__doc__, DEFAULTS, model_flag=False)
     start = parser.add_argument_group("starting point")
     start.add_argument(
         "--init",

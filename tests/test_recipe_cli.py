@@ -152,6 +152,18 @@ def test_finetune_init_takes_folders_and_hub_ids(kind, e2e_run, tmp_path):
     assert f"model  {init}: end-to-end backpropagation, input (1, 28, 28)" in stdout
 
 
+def test_finetune_help_lists_the_flags_it_takes_with_one_default_each(capsys, monkeypatch):
+    """No --model (finetune.py refuses it), and a recipe's default replaces the help's own."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    with pytest.raises(SystemExit) as exit_info:
+        __import__("finetune").main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--init INIT" in help_text
+    assert "--model MODEL" not in help_text, help_text
+    num_modules = re.search(r"\n  --num-modules NUM_MODULES +(.*?)\n  --", help_text, re.S)[1]
+    assert " ".join(num_modules.split()) == "K gradient-isolated modules (default: 4)"
+
+
 # 6: resume --------------------------------------------------------------------------------------
 
 
