@@ -6,6 +6,7 @@ header (``--dry-run``) or at the first user mistake, so the whole file stays sho
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -162,6 +163,22 @@ def test_finetune_help_lists_the_flags_it_takes_with_one_default_each(capsys, mo
     assert "--model MODEL" not in help_text, help_text
     num_modules = re.search(r"\n  --num-modules NUM_MODULES +(.*?)\n  --", help_text, re.S)[1]
     assert " ".join(num_modules.split()) == "K gradient-isolated modules (default: 4)"
+
+
+def test_finetune_from_a_tag_without_weights_gives_advice_that_works(tmp_path, monkeypatch):
+    """--no-pretrained does not help a tag (a tag is its weights): its architecture is named."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    finetune = __import__("finetune")
+    unpublished = "hpff_resnet32.cifar10_infopro_k16_hpff"
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--init", unpublished, "--no-pretrained", *TINY,
+                       "--output-dir", str(tmp_path / "o")])  # fmt: skip
+    error = str(exit_info.value)
+    advice = re.search(r"from fresh weights: --init (\S+) --no-pretrained\.$", error)
+    assert advice and "or use --no-pretrained" not in error, error
+    # The advised --init loads (the backbone finetune.py would train), with fresh weights.
+    advised = argparse.Namespace(init=advice[1], pretrained=False, in_chans="auto")
+    assert finetune.load_backbone(advised, num_classes=10).num_classes == 10
 
 
 # 6: resume --------------------------------------------------------------------------------------
