@@ -403,6 +403,16 @@ def load_model(
     return model
 
 
+def _run_folder(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, refused first when it is not a folder: its missing files would
+    otherwise be blamed for a mistyped path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is not a folder" if run_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"{run_dir} {what}: pass a finished run's output folder")
+    return run_dir
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -418,7 +428,7 @@ def export_run(
     The run's record is ``record`` or ``<run_dir>/run.json``. A plain timm checkpoint is wrapped
     in the tag's setting (or ``model_kwargs``) before export.
     """
-    run_dir = Path(run_dir)
+    run_dir = _run_folder(run_dir)
     if record is None:
         if not (run_dir / RECORD_FILE).is_file():
             raise FileNotFoundError(
@@ -610,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             record = RunRecord.load(args.record) if args.record else None
             if args.e2e_record:
-                record = record or RunRecord.load(args.run_dir / RECORD_FILE)
+                record = record or RunRecord.load(_run_folder(args.run_dir) / RECORD_FILE)
                 e2e = RunRecord.load(args.e2e_record)
                 record = replace(record, e2e_peak_memory_bytes=e2e.peak_memory_bytes)
             out = export_run(

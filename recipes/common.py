@@ -101,7 +101,10 @@ _memory_size.__name__ = "memory size (e.g. 4GB, 512MiB)"
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Options and their help on one line (help from column 32), each help ending with the
-    default that applies: the recipe's, or its preset's, since the preset is set first."""
+    default that applies: the recipe's, or its preset's, since the preset is set first.
+
+    A help's own "(default: ...)" says what happens when the flag has no value; a recipe or
+    preset that sets one replaces that text, so the help names one default, not two."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
@@ -113,11 +116,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             or "%(default)" in help
         ):
             return help
-        return help + " (default: %(default)s)"
+        return help.split(" (default: ")[0] + " (default: %(default)s)"
 
 
-def build_parser(description: str, defaults: dict[str, Any]) -> RecipeParser:
-    """The flags every recipe shares; ``defaults`` are the recipe's (paper) values."""
+def build_parser(
+    description: str, defaults: dict[str, Any], *, model_flag: bool = True
+) -> RecipeParser:
+    """The flags every recipe shares; ``defaults`` are the recipe's (paper) values.
+
+    ``model_flag=False`` (a recipe that takes its model elsewhere) keeps ``--model`` out of
+    ``--help``; it is still parsed, so that the recipe can refuse it in one line.
+    """
     parser = RecipeParser(
         description=description,
         formatter_class=HelpFormatter,
@@ -178,7 +187,9 @@ def build_parser(description: str, defaults: dict[str, Any]) -> RecipeParser:
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        help="hpff_* model, one of its catalogue tags, or any timm classifier",
+        help="hpff_* model, one of its catalogue tags, or any timm classifier"
+        if model_flag
+        else argparse.SUPPRESS,
         default=None,
     )
     model.add_argument(
@@ -451,8 +462,9 @@ def check_args(parser: RecipeParser, args: argparse.Namespace) -> None:
     if args.model is not None:
         check_model_name(parser, args.model, "--model")
     if args.num_modules and args.hilo > args.num_modules and args.method != "e2e":
-        parser.error(f"--hilo {args.hilo} exceeds --num-modules {args.num_modules}: a HiLo "
-                     "cascade spans at most all K modules")  # fmt: skip
+        parser.error(
+            _hilo_too_long(args.hilo, args.num_modules, f"--num-modules {args.num_modules}")
+        )
     if args.batch_size % (args.grad_accum or 1):
         parser.error(f"--batch-size {args.batch_size} is not a multiple of --grad-accum "
                      f"{args.grad_accum}")  # fmt: skip
@@ -565,10 +577,19 @@ def with_memory_format(args: argparse.Namespace, model: hpff_zoo.LocalModel):
 def check_model(args: argparse.Namespace, model: hpff_zoo.LocalModel) -> None:
     """What only the built model can tell: a HiLo cascade longer than its K modules."""
     if model.method != "e2e" and model.cascade_size > model.num_modules:
-        raise SystemExit(
-            f"error: --hilo {args.hilo} exceeds the model's K={model.num_modules} modules: "
-            "choose --hilo at most K (or a larger --num-modules)"
-        )
+        message = _hilo_too_long(args.hilo, model.num_modules, f"the model's K={model.num_modules}")
+        raise SystemExit(f"error: {message}")
+
+
+def _hilo_too_long(hilo: int, num_modules: int, k: str) -> str:
+    """Why a HiLo cascade of ``hilo`` does not fit ``num_modules`` modules; ``k`` names where K
+    came from. With K = 1 no cascade fits, so the message blames K, not ``--hilo``, which the
+    user has most likely left at its default."""
+    if num_modules == 1:
+        return (f"{k}: HiLo needs K >= 2 modules; add --hilo 0 (HiLo off) or use "
+                "--num-modules 2 or more")  # fmt: skip
+    return (f"--hilo {hilo} exceeds {k}: a HiLo cascade spans at most all K modules; choose "
+            "--hilo at most K or a larger --num-modules")  # fmt: skip
 
 
 def create_optimizer(args: argparse.Namespace, parameters) -> torch.optim.Optimizer:

@@ -94,7 +94,7 @@ def load_backbone(args: argparse.Namespace, num_classes: int) -> nn.Module:
             f"error: could not load the weights of --init {args.init} ({first_line(error)}). "
             "Pass --init a tag with weights (python -m hpff_zoo.hub list), a local folder with "
             "model.safetensors + config.json (e.g. the --output-dir of recipes/cifar.py), "
-            "download the weights once with network access, or use --no-pretrained."
+            f"download the weights once with network access, {_fresh_start(args, name)}."
         ) from None
     except (RuntimeError, ValueError) as error:
         raise SystemExit(f"error: --init {args.init}: {first_line(error)}") from None
@@ -102,6 +102,23 @@ def load_backbone(args: argparse.Namespace, num_classes: int) -> nn.Module:
         model = model.backbone
     model.reset_classifier(num_classes)
     return model
+
+
+def _fresh_start(args: argparse.Namespace, name: str) -> str:
+    """The last advice when --init's weights cannot be read: how to start without them.
+
+    --no-pretrained only drops timm's weights for a timm model name; a tag, folder or Hub id is
+    its weights, so for those it would not help and the tag's bare architecture is named."""
+    if name in TAGS:
+        arch = TAGS[name].arch
+        return f"or start {arch} from fresh weights: --init {arch} --no-pretrained"
+    if (
+        args.pretrained
+        and not name.startswith(("hf-hub:", "local-dir:"))
+        and not Path(name).is_dir()
+    ):
+        return "or use --no-pretrained"
+    return "or start from a timm model name with --no-pretrained"
 
 
 def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
@@ -112,7 +129,7 @@ def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser(__doc__, DEFAULTS)
+    parser = build_parser(__doc__, DEFAULTS, model_flag=False)
     start = parser.add_argument_group("starting point")
     start.add_argument(
         "--init",

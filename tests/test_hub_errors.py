@@ -39,8 +39,10 @@ def test_corrupt_weights(copy, damage):
     weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00" * 64)
     with pytest.raises(PretrainedWeightsError, match="not a readable safetensors file"):
         _from_file(weights)
-    with pytest.raises(PretrainedWeightsError, match="truncated or corrupt"):
+    # The file to delete is named, not the whole run folder that holds it.
+    with pytest.raises(PretrainedWeightsError, match="truncated or corrupt") as error:
         hub.load_model(copy)
+    assert f"{weights} is not a readable" in str(error.value), error.value
 
 
 def test_config_naming_an_unknown_architecture(copy):
@@ -127,5 +129,12 @@ def test_cli_help_and_errors(tmp_path, capsys):
         hub.main(["export", "--help"])
     assert exit_info.value.code == 0
     assert "--tag" in capsys.readouterr().out
-    assert hub.main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+    missing = str(tmp_path / "missing")
+    assert hub.main(["export", missing, str(tmp_path / "out")]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    e2e = ["--e2e-record", str(tmp_path / "e2e.json")]
+    assert hub.main(["export", missing, str(tmp_path / "out"), *e2e]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert hub.main(["export", str(tmp_path / "empty"), str(tmp_path / "out")]) == 1
     assert "has no run.json" in capsys.readouterr().err

@@ -6,6 +6,7 @@ header (``--dry-run``) or at the first user mistake, so the whole file stays sho
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -152,6 +153,34 @@ def test_finetune_init_takes_folders_and_hub_ids(kind, e2e_run, tmp_path):
     assert f"model  {init}: end-to-end backpropagation, input (1, 28, 28)" in stdout
 
 
+def test_finetune_help_lists_the_flags_it_takes_with_one_default_each(capsys, monkeypatch):
+    """No --model (finetune.py refuses it), and a recipe's default replaces the help's own."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    with pytest.raises(SystemExit) as exit_info:
+        __import__("finetune").main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--init INIT" in help_text
+    assert "--model MODEL" not in help_text, help_text
+    num_modules = re.search(r"\n  --num-modules NUM_MODULES +(.*?)\n  --", help_text, re.S)[1]
+    assert " ".join(num_modules.split()) == "K gradient-isolated modules (default: 4)"
+
+
+def test_finetune_from_a_tag_without_weights_gives_advice_that_works(tmp_path, monkeypatch):
+    """--no-pretrained does not help a tag (a tag is its weights): its architecture is named."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    finetune = __import__("finetune")
+    unpublished = "hpff_resnet32.cifar10_infopro_k16_hpff"
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--init", unpublished, "--no-pretrained", *TINY,
+                       "--output-dir", str(tmp_path / "o")])  # fmt: skip
+    error = str(exit_info.value)
+    advice = re.search(r"from fresh weights: --init (\S+) --no-pretrained\.$", error)
+    assert advice and "or use --no-pretrained" not in error, error
+    # The advised --init loads (the backbone finetune.py would train), with fresh weights.
+    advised = argparse.Namespace(init=advice[1], pretrained=False, in_chans="auto")
+    assert finetune.load_backbone(advised, num_classes=10).num_classes == 10
+
+
 # 6: resume --------------------------------------------------------------------------------------
 
 
@@ -214,6 +243,8 @@ def test_accelerate_launch_settings_apply_unless_the_flag_is_given(tmp_path):
         (["--model", "hpff_resnt32"], "unknown model; did you mean hpff_resnet32"),
         (["--model", "hpff_resnet32.fmnist_k16"], "no such tag; did you mean"),
         (["--num-modules", "2", "--hilo", "3"], "--hilo 3 exceeds --num-modules 2"),
+        # The default --hilo 2 is not blamed: K=1 is what leaves no room for a cascade.
+        (["--num-modules", "1"], "--num-modules 1: HiLo needs K >= 2 modules; add --hilo 0"),
         (["--lr", "0"], "argument --lr: must be greater than 0"),
         (["--lr", "-0.1"], "argument --lr: must be greater than 0"),
         (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
@@ -230,6 +261,7 @@ def test_flag_mistakes_are_one_line(args, expected, tmp_path, capsys, monkeypatc
         cifar.main([*args, "--output-dir", str(output)])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in error and expected in error, error
+    assert "--hilo" in args or "--hilo 2" not in error, error  # not the default the user never gave
     assert not output.exists()
 
 

@@ -125,6 +125,9 @@ def _safe_source(cfg: dict[str, Any], allow_pickle: bool) -> dict[str, Any]:
 
 
 def _location(cfg: dict[str, Any]) -> str:
+    """The weights file ``cfg`` reads (for a ``local-dir:`` source its ``file`` is the folder)."""
+    if cfg.get("source") == "local-dir":
+        return str(Path(cfg["file"]) / WEIGHTS_FILE)
     if cfg.get("file"):
         return str(cfg["file"])
     if cfg.get("hf_hub_id"):
