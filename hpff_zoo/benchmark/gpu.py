@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..measure import MemoryMeter, step_memory
-from ..planner import static_bytes
+from ..measure import MemoryMeter
 from .steps import (
     StepMeasurement,
     build,
     example_batch,
+    measure_memory,
     model_kwargs,
     speed_measurements,
     steps_table,
@@ -117,23 +117,15 @@ def _run_tests(out: Path, timeout: float) -> dict[str, object]:
 
 
 def _memory(model, config: str, x, y) -> StepMeasurement:
-    """Steady-state allocated peak of one step (inner meter), and the reserved memory the
-    caching allocator grows from an emptied cache over the first two steps (outer meter)."""
+    """``benchmark memory``'s steady-state step peak; on CUDA also the reserved memory the caching
+    allocator grows from an emptied cache over the measurement's two steps (an outer meter)."""
     gc.collect()
-    if x.device.type == "cuda":
-        torch.cuda.empty_cache()
-        with MemoryMeter(x.device) as outer:
-            report = step_memory(model, x, y)
-        reserved = outer.report.reserved_peak_bytes / 2**20
-    else:
-        report, reserved = step_memory(model, x, y), None
-    return StepMeasurement(
-        config,
-        1 if model.method == "e2e" else model.num_modules,
-        peak_mib=report.peak_mib,
-        static_mib=static_bytes(model) / 2**20,
-        reserved_mib=reserved,
-    )
+    if x.device.type != "cuda":
+        return measure_memory(model, config, x, y)
+    torch.cuda.empty_cache()
+    with MemoryMeter(x.device) as outer:
+        measured = measure_memory(model, config, x, y)
+    return replace(measured, reserved_mib=outer.report.reserved_peak_bytes / 2**20)
 
 
 def _measure_setting(setting: Setting, args, device: torch.device) -> list[StepMeasurement]:
