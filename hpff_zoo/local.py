@@ -2,25 +2,11 @@
 
 ``model(x)`` is the backbone's own inference. ``model.local_step(x, y)`` runs one training step's
 forward and backward, streamed module by module so that each module's activations are freed
-before the next module runs:
-
-1. module j runs on a detached copy ``u_j`` of module j-1's output;
-2. its auxiliary networks (the *independent* one, and with HiLo the *cascade* one that closes
-   the window of k modules ending at j) run on a detached copy of its output, one PFF patch at a
-   time, each patch's loss back-propagated at once; the gradients they leave on the detached
-   output are weighted (independent / cascade) and summed;
-3. the cascade part is carried back through the k-1 previous modules' retained graphs (an
-   input-gradient pass each), nothing further;
-4. a module whose last window has passed gets a single backward of everything it collected and
-   its graph is freed. Without HiLo that is module j itself, right away; with HiLo k=2 it is
-   module j-1, so at most k graphs are alive and every module runs its forward once.
-
-The last module feeds the backbone's own pooling and classifier with cross-entropy; with HiLo that
-loss is also the last window's cascade loss, as in the official HPFF code.
-
-The weights scale only the gradient the auxiliary losses send into the backbone; each auxiliary
-network itself trains on its own unscaled loss (in the official code the 0.001 weight also slows
-the independent auxiliary's own training to a crawl).
+before the next module runs (the schedule, in four steps, is :mod:`hpff_zoo.streamed`'s). The
+model's three jobs have a room each: this module is the model itself and timm's contract;
+building and budgeting the auxiliary networks is :mod:`hpff_zoo.auxiliaries`'
+(:class:`~hpff_zoo.auxiliaries.AuxiliaryBuilder`); the schedule is :mod:`hpff_zoo.streamed`'
+(:class:`~hpff_zoo.streamed.StreamedSchedule`). ``LocalModel`` inherits both.
 
 Inference follows timm's model contract, as a timm model would, so that timm's own tooling
 (scripts, TorchScript, FX, the optimizer factory, feature extraction) works on the wrapper:
@@ -30,26 +16,20 @@ the backbone's, with parameter and module names under ``backbone.``. No ``from _
 annotations`` here: an FX-traced copy of the model is scripted from these type hints.
 """
 
-import functools
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_heap
-from .aux import AUX_METHODS, AuxNet, AuxSpec, build_aux
+from .aux import AUX_METHODS
 from .aux.arch import AuxArch, resolve_aux_arch
-from .aux.base import PFF_SCOPES, LossPart
-from .aux.layers import cap_resolution, patch_groups
-from .measure import training_flops
+from .aux.base import PFF_SCOPES
+from .auxiliaries import AuxiliaryBuilder
 from .partition import Balance, Partition, partition_backbone
-from .patches import grid_slices
+from .streamed import Backward, StreamedSchedule, _default_backward, _StreamedStep
 
 __all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm", "with_default_aux"]
 
@@ -79,14 +59,8 @@ def with_default_aux(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 OFFICIAL_HILO_WEIGHTS = (0.001, 0.999)
 
-Backward = Callable[[Tensor], Any]
 
-
-def _default_backward(loss: Tensor) -> None:
-    loss.backward()
-
-
-class LocalModel(nn.Module):
+class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
     """A timm classifier partitioned into gradient-isolated modules with auxiliary networks.
 
     Training goes through :meth:`local_step`; ``model(x)`` is the backbone's inference, and in
@@ -245,158 +219,6 @@ class LocalModel(nn.Module):
                 if f"module{index + 1}" in aux:
                     yield from aux[f"module{index + 1}"].parameters()
 
-    def _feature_map_size(self, index: int) -> tuple[int, int, int]:
-        """(C, H, W) of module ``index``'s output seen as a feature map."""
-        shape = self.partition.module_output_shape(index)
-        probe = torch.empty(shape, device="meta")
-        return tuple(self._to_map(probe).shape[1:])
-
-    def _build_aux(self) -> nn.ModuleDict:
-        aux = nn.ModuleDict({"independent": nn.ModuleDict(), "cascade": nn.ModuleDict()})
-        if not self.uses_aux:
-            return aux
-        supervised = self.num_modules - 1
-        cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
-        for j in range(supervised):
-            _, height, width = self._feature_map_size(j)
-            if self.pff > min(height, width):
-                raise ValueError(
-                    f"pff={self.pff} needs feature maps of at least {self.pff}x{self.pff}; "
-                    f"module {j + 1} outputs {height}x{width}"
-                )
-        if (self.aux_arch.decoder_size or self.pff) < self.pff:
-            raise ValueError(
-                f"aux decoder_size={self.aux_arch.decoder_size} cannot be cut into pff="
-                f"{self.pff} x {self.pff} patches"
-            )
-        for j in range(supervised):
-            channels, height, width = self._feature_map_size(j)
-            next_atom = self.partition.module_atoms(j + 1)[0]
-            spec = AuxSpec(
-                channels=channels,
-                size=(height, width),
-                num_classes=self.num_classes,
-                grid=self.pff,
-                image_channels=self.input_size[0],
-                mean=tuple(cfg.get("mean", (0.5,) * 3)),
-                std=tuple(cfg.get("std", (0.5,) * 3)),
-                depth=j / max(1, supervised - 1),
-                next_block=next_atom.as_module(),
-                tokens=len(self.partition.module_output_shape(j)) == 3,
-                options=self.aux_options,
-                arch=self.aux_arch,
-                pff_scope=self.pff_scope,
-                hilo=self.cascade_size > 1,
-            )
-            independent = spec
-            if spec.hilo and self.aux_arch.hilo_independent is not None:
-                independent = replace(spec, arch=self.aux_arch.hilo_independent)
-            aux["independent"][f"module{j + 1}"] = self._sized_aux(j, independent)
-            if self._has_cascade_aux(j):
-                aux["cascade"][f"module{j + 1}"] = self._sized_aux(j, replace(spec, cascade=True))
-        return aux
-
-    def _new_aux(self, spec: AuxSpec) -> AuxNet:
-        """One auxiliary network of this model's method (a subclass may build other kinds)."""
-        return build_aux(self.method, spec)
-
-    def _sized_aux(self, index: int, spec: AuxSpec) -> AuxNet:
-        """The auxiliary of ``spec``, made cheaper until it fits ``aux_budget`` of the module.
-
-        Walks down :meth:`AuxArch.cheaper` (smaller pooled map and decoder image, then fewer
-        layers) until the auxiliary's training FLOPs, counted on fake tensors as the module's
-        are, fit; a budget that even the cheapest auxiliary exceeds is an error, not a silent
-        overrun.
-        """
-        aux = self._new_aux(spec)
-        if self.aux_budget is None:
-            return aux
-        if index not in self._module_flops:  # HiLo sizes two auxiliaries per module
-            self._module_flops[index] = self.module_training_flops(index)
-        module_flops = self._module_flops[index]
-        sides = max(spec.size), max(self.input_size[1:]), self.pff
-        while (cost := self._cached_aux_flops(aux, spec, index)) > self.aux_budget * module_flops:
-            arch = spec.arch.cheaper(*sides)
-            if arch is None and module_flops == 0:
-                break  # a module that computes nothing (a pooling atom): the cheapest there is
-            if arch is None:
-                raise ValueError(
-                    f"aux_budget={self.aux_budget} is too small for module {index + 1}: its "
-                    f"cheapest {self.method} auxiliary costs {cost / module_flops:.3f} of the "
-                    "module's training FLOPs"
-                )
-            spec = replace(spec, arch=arch)
-            aux = self._new_aux(spec)
-        return aux
-
-    def module_training_flops(self, index: int, batch_size: int = 2) -> int:
-        """FLOPs of module ``index``'s forward and backward (weights and input) at this batch."""
-        shape = self.input_size if index == 0 else self.partition.module_output_shape(index - 1)[1:]
-        params = list(self.module_parameters(index))
-        with _eval_mode(self.backbone):  # same FLOPs; no fake update of BatchNorm statistics
-            return training_flops(
-                lambda u: self._run_module(index, u), (batch_size, *shape), params, like=params[0]
-            )
-
-    def _cached_aux_flops(self, aux: AuxNet, spec: AuxSpec, index: int) -> int:
-        """:meth:`aux_training_flops`, once per architecture and map: a ResNet stage repeats
-        the same module (and so the same auxiliary candidates) many times."""
-        key = (repr(aux), spec.arch, self._feature_map_size(index))
-        if key not in self._aux_flops:
-            self._aux_flops[key] = self.aux_training_flops(aux, index)
-        return self._aux_flops[key]
-
-    def aux_training_flops(self, aux: AuxNet, index: int, batch_size: int = 2) -> int:
-        """FLOPs of ``aux``'s forward and backward on module ``index``'s output, every patch.
-
-        Patches of equal shape cost the same, so each distinct shape is counted once.
-        """
-        channels, height, width = self._feature_map_size(index)
-        params = list(aux.parameters())
-        image_shape = (batch_size, *self.input_size)
-        # The auxiliary's own device and dtype (meta when the model is built on meta).
-        like = params[0] if params else next(self.backbone.parameters())
-        if aux.needs_image:  # the target's size: pooling a one-image batch costs nothing
-            target = aux.prepare_image(torch.zeros(1, *self.input_size, device=like.device))
-            image_shape = (batch_size, *target.shape[1:])
-        shapes: Counter[tuple[LossPart, tuple[int, ...], tuple[int, ...]]] = Counter()
-        for part, n in self._aux_passes(aux):
-            cells = zip(grid_slices(height, width, n), grid_slices(*image_shape[-2:], n))
-            for (rows, cols), (image_rows, image_cols) in cells:
-                patch = (batch_size, channels, _span(rows), _span(cols))
-                image_patch = (*image_shape[:2], _span(image_rows), _span(image_cols))
-                shapes[part, patch, image_patch] += 1
-        total = 0
-        with _eval_mode(aux):
-            for (part, patch, image_patch), count in shapes.items():
-
-                def run(x: Tensor, part=part, image_patch=image_patch) -> Tensor:
-                    y = torch.zeros(batch_size, dtype=torch.long, device=x.device)
-                    image = None
-                    if aux.needs_image:
-                        image = torch.zeros(image_patch, device=x.device, dtype=x.dtype)
-                    return aux(x, y, image, part)
-
-                total += count * training_flops(run, patch, params, like=like)
-        return total
-
-    def _aux_passes(self, aux: AuxNet) -> list[tuple[LossPart, int]]:
-        """(losses, PFF grid) of each pass an auxiliary makes over a module's output."""
-        n = self.pff
-        if n == 1 or self.pff_scope == "all":
-            return [("all", n)]
-        passes: list[tuple[LossPart, int]] = []
-        if aux.global_parts:
-            passes.append(("global", 1))
-        if aux.dense_parts:
-            passes.append(("dense", n))
-        return passes
-
-    def _has_cascade_aux(self, index: int) -> bool:
-        """A cascade aux closes the window of k modules ending at ``index`` (not the last)."""
-        k = self.cascade_size
-        return k > 1 and k - 1 <= index < self.num_modules - 1
-
     def _to_map(self, h: Tensor) -> Tensor:
         """Module output as a (B, C, H, W) map: NCHW as is, NHWC permuted, tokens gridded."""
         if h.dim() == 4:
@@ -502,16 +324,6 @@ class LocalModel(nn.Module):
         if frozen:
             self.aux.requires_grad_(False)
 
-    def _build_aux_like_backbone(self) -> nn.ModuleDict:
-        """:meth:`_build_aux` on the backbone's device and in its floating-point dtype (a model
-        created by timm with ``device="meta"`` or cast to bfloat16 stays uniform)."""
-        param = next(self.backbone.parameters(), None)
-        if param is None:
-            return self._build_aux()
-        with torch.device(param.device):
-            aux = self._build_aux()
-        return aux.to(dtype=param.dtype) if param.is_floating_point() else aux
-
     # --- timm's model contract: the backbone's, with names under ``backbone.`` ----------------
 
     @torch.jit.ignore
@@ -578,282 +390,6 @@ class LocalModel(nn.Module):
             if tuple(x.shape[-2:]) != expected:
                 raise ValueError(f"this model takes {expected} inputs, got {tuple(x.shape[-2:])}")
 
-    def _aux_gradient(
-        self, aux: AuxNet, h: Tensor, y: Tensor, image: Tensor | None, backward: Backward
-    ) -> tuple[Tensor, Tensor]:
-        """Gradient an auxiliary sends to ``h``, computed one PFF patch at a time.
-
-        Work that belongs to the whole map is done once: if the auxiliary pools the map
-        (:meth:`AuxNet.map_side`), the map is pooled once and the patches are cut from the pooled
-        map (average pooling and tiling commute), so no full-resolution patch is ever copied.
-        Each patch is its own contiguous leaf tensor (a strided view would make every layer of
-        the auxiliary copy it) and its loss (divided by n², so the fused loss is the patch
-        average) is back-propagated before the next patch runs: the auxiliary's activations, and
-        the gradient of the patch, exist for one patch at a time. Patches cut from a *pooled*
-        map are small, so there the memory argument is void and n² runs of tiny kernels are pure
-        overhead: equal patches then run as one stack (:meth:`_stackable`) with per-patch
-        BatchNorm statistics, which gives the same losses and gradients. Patch gradients are
-        written into one buffer per source map; one autograd call carries them back through the
-        pooling (and a token layout) to ``h``. With ``pff_scope="decoder"`` the global losses
-        make one pass over the whole map first. A dense target (``(B, H, W)`` label maps, as in
-        segmentation) is cut into the same n×n grid over its own height and width.
-        """
-        detached = h.detach().requires_grad_()
-        feature = self._to_map(detached)
-        total = torch.zeros((), device=h.device)
-        sources: dict[int | None, tuple[Tensor, Tensor | None]] = {}  # side -> (map, its grad)
-        for part, n in self._aux_passes(aux):
-            side = aux.map_side(part)
-            if side is not None:  # a pooled map still needs a cell per patch (the auxiliary
-                side = max(side, n)  # then pools each patch further itself)
-            source, grad = sources.get(side) or (cap_resolution(feature, side), None)
-            cells = list(grid_slices(*source.shape[-2:], n))
-            image_cells = grid_slices(*image.shape[-2:], n) if image is not None else None
-            target_cells = grid_slices(*y.shape[-2:], n) if _is_dense_target(y) else None
-            patches: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (feature, target, image)
-            for rows, cols in cells:
-                image_patch, target = None, y
-                if image_cells is not None:
-                    image_rows, image_cols = next(image_cells)
-                    image_patch = image[..., image_rows, image_cols]
-                if target_cells is not None:
-                    target_rows, target_cols = next(target_cells)
-                    target = y[..., target_rows, target_cols]
-                patches.append((source if n == 1 else source[..., rows, cols], target, image_patch))
-            runs = [([cell], p) for cell, p in zip(cells, patches)]  # (cells it covers, patch)
-            if self._stackable(aux, patches, pooled=source is not feature):
-                runs = [(cells, _stack_patches(patches))]
-            for covered, (patch, target, image_patch) in runs:
-                groups = len(covered)
-                patch = (patch.contiguous() if n > 1 else patch).detach().requires_grad_()
-                with patch_groups(aux, groups):
-                    loss = aux(patch, target, image_patch, part) * (groups / (n * n))
-                backward(loss)
-                total += loss.detach()
-                if patch.grad is None:
-                    continue
-                if grad is None and n == 1:
-                    grad = patch.grad
-                    continue
-                if grad is None:
-                    grad = torch.zeros_like(source)
-                _add_patch_gradients(grad, covered, patch.grad)
-            sources[side] = (source, grad)
-        pairs = [(m, g) for m, g in sources.values() if g is not None]
-        if not pairs:
-            return torch.zeros_like(h), total
-        if len(pairs) == 1 and pairs[0][0] is detached:
-            return pairs[0][1], total
-        maps, grads = zip(*pairs)
-        (grad,) = torch.autograd.grad(maps, detached, grads)
-        return grad, total
-
-    @staticmethod
-    def _stackable(
-        aux: AuxNet, patches: list[tuple[Tensor, Tensor, Tensor | None]], pooled: bool
-    ) -> bool:
-        """Whether ``patches`` may run as one stack: more than one, cut from a pooled map (the
-        stack's activations are then a fraction of the module's), of one shape, with class
-        labels (a label map's ignored pixels would weigh patches unequally), through an
-        auxiliary whose loss is a per-sample mean (:attr:`AuxNet.stacks_patches`)."""
-        if len(patches) == 1 or not pooled or not aux.stacks_patches:
-            return False
-        if _is_dense_target(patches[0][1]):
-            return False
-        shapes = {(p.shape, None if i is None else i.shape) for p, _, i in patches}
-        return len(shapes) == 1
-
-
-class _StreamedStep:
-    """State of one streamed local step (see the module docstring for the schedule).
-
-    ``modules`` restricts the step to a contiguous range of modules (a pipeline stage, see
-    :mod:`hpff_zoo.parallel`): :meth:`start` then takes the detached output of the module before
-    the range, and what HiLo cascades would carry back across the range's first module is kept
-    in :attr:`boundary`, by the number of modules it still has to reach; :meth:`finish` takes
-    the same from the next stage. Over the full range, ``run`` is ``start`` + ``finish``.
-    """
-
-    def __init__(
-        self,
-        model: LocalModel,
-        x: Tensor,
-        y: Tensor,
-        backward: Backward,
-        modules: range | None = None,
-    ) -> None:
-        self.model, self.x, self.y, self.backward = model, x, y, backward
-        self.modules = modules if modules is not None else range(model.num_modules)
-        own_aux = [
-            group[f"module{j + 1}"]
-            for group in model.aux.values()
-            for j in self.modules
-            if f"module{j + 1}" in group
-        ]
-        for aux in own_aux:
-            aux.before_step()
-        # Reconstruction targets, prepared once per step per size and cut into patches per aux.
-        self.images: dict[Any, Tensor] = {}
-        self.k = model.cascade_size
-        self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
-        self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
-        self.pending: dict[int, Tensor] = {}  # gradient collected for h_j so far
-        self.boundary: dict[int, Tensor] = {}  # reach left -> gradient for the previous stage
-        self.losses: dict[str, Tensor] = {}
-        self.parameters = {j: list(model.module_parameters(j)) for j in self.modules}
-        self.released = 0  # modules whose graph this step has freed (see trim_cpu_heap)
-
-    def run(self) -> dict[str, float]:
-        self.start(self.x)
-        self.finish()
-        return self.loss_values()
-
-    def loss_values(self) -> dict[str, float]:
-        """The losses as floats, read in one device sync rather than one per module."""
-        if not self.losses:
-            return {}
-        values = [value.detach() for value in self.losses.values()]
-        dtype = functools.reduce(torch.promote_types, (v.dtype for v in values))
-        return dict(zip(self.losses, torch.stack([v.to(dtype) for v in values]).tolist()))
-
-    def start(self, h: Tensor) -> Tensor:
-        """Forward and local backward of the range on ``h``; returns its last module's output.
-
-        Modules that a later window may still reach keep their graphs until :meth:`finish`.
-        """
-        model, last = self.model, self.model.num_modules - 1
-        w_ind, w_cas = model.hilo_weights if self.k > 1 else (1.0, 0.0)
-        for j in self.modules:
-            if j == last:
-                self.losses["head"] = self._head(last, h)
-                break
-            h = self._forward(j, h)
-            aux = model.aux
-            independent = aux["independent"][f"module{j + 1}"]
-            g_ind, loss = model._aux_gradient(
-                independent, h, self.y, self._image_for(independent), self.backward
-            )
-            self._collect(j, g_ind, w_ind)
-            loss = w_ind * loss
-            if model._has_cascade_aux(j):
-                cascade = aux["cascade"][f"module{j + 1}"]
-                g_cas, cascade_loss = model._aux_gradient(
-                    cascade, h, self.y, self._image_for(cascade), self.backward
-                )
-                self._carry_back(j, g_cas.mul_(w_cas), self.k)
-                loss = loss + w_cas * cascade_loss
-            self.losses[f"module{j + 1}"] = loss
-            self._release(j - self.k + 1)
-        return h
-
-    def _image_for(self, aux: AuxNet) -> Tensor | None:
-        if not aux.needs_image:
-            return None
-        key = aux.image_key
-        if key not in self.images:
-            self.images[key] = aux.prepare_image(self.x)
-        return self.images[key]
-
-    def finish(self, downstream: dict[int, Tensor] | None = None) -> None:
-        """Carry the next stage's cascade gradients (by reach left) back, release every module."""
-        for reach, grad in (downstream or {}).items():
-            self._carry_back(self.modules[-1], grad, reach)
-        for j in sorted(self.outputs):
-            self._release(j)
-
-    def _forward(self, j: int, previous: Tensor) -> Tensor:
-        # Module j's input needs a gradient only if a cascade will reach back through it.
-        u = previous.detach().requires_grad_(self.k > 1 and j > 0)
-        h = self.model._run_module(j, u)
-        self.inputs[j], self.outputs[j] = u, h
-        return h
-
-    def _collect(self, j: int, grad: Tensor, weight: float = 1.0) -> None:
-        """Add ``weight · grad`` to what module j's output has collected (in place after the
-        first: these are full-size maps, and a step makes several per module)."""
-        if j in self.pending:
-            self.pending[j].add_(grad, alpha=weight)
-        else:
-            self.pending[j] = grad if weight == 1.0 else grad * weight
-
-    def _carry_back(self, j: int, grad: Tensor, reach: int) -> None:
-        """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules.
-
-        What would pass back beyond the range's first module goes to :attr:`boundary`.
-        """
-        while reach > 0:
-            if j < self.modules.start:
-                previous = self.boundary.get(reach)
-                self.boundary[reach] = grad if previous is None else previous + grad
-                return
-            self._collect(j, grad)
-            reach -= 1
-            if reach:
-                (grad,) = torch.autograd.grad(
-                    self.outputs[j], self.inputs[j], grad, retain_graph=True
-                )
-                j -= 1
-
-    def _head(self, last: int, previous: Tensor) -> Tensor:
-        """Last module + the model's head loss, straight through ``backward``."""
-        u = previous.detach().requires_grad_(self.k > 1 and last > 0)
-        loss = self.model.head_loss(self.model._run_module(last, u), self.y)
-        self.backward(loss)
-        if u.grad is not None:  # HiLo: the head's loss is the last window's cascade loss
-            _, w_cas = self.model.hilo_weights
-            self._carry_back(last - 1, w_cas * u.grad, self.k - 1)
-        return loss.detach()
-
-    def _release(self, j: int) -> None:
-        """Module j will receive no more gradient: one backward into its parameters, then free."""
-        if j < 0 or j not in self.outputs:
-            return
-        h, grad = self.outputs.pop(j), self.pending.pop(j)
-        params = self.parameters[j]
-        if params and h.requires_grad:
-            torch.autograd.backward(h, grad, inputs=params)
-        del self.inputs[j]
-        self.released += 1
-        every = self.model.trim_cpu_heap
-        if every and self.released % every == 0 and h.device.type == "cpu":
-            del h, grad  # the module's last references: its activations are free now
-            cpu_heap.trim()
-
-
-def _add_patch_gradients(
-    grad: Tensor, cells: list[tuple[slice, slice]], patch_grad: Tensor
-) -> None:
-    """Add the gradient of a run of patches (stacked along the batch, one per cell) into the
-    map-sized ``grad``. A function of its own so that no view of ``patch_grad`` outlives the
-    call: a loop variable left bound would keep one patch gradient alive through the next
-    patch's forward and backward, which is exactly the memory PFF exists to save."""
-    for (rows, cols), cell_grad in zip(cells, patch_grad.chunk(len(cells))):
-        grad[..., rows, cols] += cell_grad
-
-
-def _stack_patches(
-    patches: list[tuple[Tensor, Tensor, Tensor | None]],
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Equal patches (feature, labels, image) as one batch: patch after patch along dim 0."""
-    features, targets, images = zip(*patches)
-    image = None if images[0] is None else torch.cat(images)
-    return torch.cat(features), torch.cat(targets), image
-
-
-def _span(s: slice) -> int:
-    return s.stop - s.start
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Temporarily in eval mode (cost counting must not move BatchNorm statistics)."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
 
 def _under_backbone(spec: Any) -> Any:
     """A timm group-matcher spec (regex, list of (regex, suffix), or callable) for the same
@@ -875,11 +411,6 @@ def _under_backbone(spec: Any) -> Any:
         unmatched = (float("inf"),)  # timm's ordinal for names no group claims
         return lambda name: spec(name[len(prefix) :]) if name.startswith(prefix) else unmatched
     raise TypeError(f"unsupported group matcher spec {spec!r}")
-
-
-def _is_dense_target(y: Tensor) -> bool:
-    """A per-pixel target, (B, H, W) label maps, rather than one class per image."""
-    return y.dim() >= 3
 
 
 def _cascade_size(hilo: int | bool | None) -> int:

@@ -13,7 +13,7 @@ sends, while that stage already works on the next micro-batch::
         optimizer.step(); optimizer.zero_grad()
     stage.synchronize()                             # every process now holds the trained model
 
-Each micro-batch runs :class:`hpff_zoo.local._StreamedStep` restricted to the stage's modules.
+Each micro-batch runs :class:`hpff_zoo.streamed._StreamedStep` restricted to the stage's modules.
 HiLo cascades that cross a stage boundary are exact: the downstream stage sends the gradient of
 its input back, and the upstream stage keeps the graphs of the modules such a cascade reaches
 until it arrives, one micro-batch later (it runs micro-batch m+1 meanwhile). Gradients of the
@@ -55,9 +55,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from .local import Backward, LocalModel, _default_backward, _StreamedStep
+from .local import LocalModel
 from .measure import FlopCounter
 from .partition import balanced_split
+from .streamed import Backward, _default_backward, _StreamedStep
 
 __all__ = [
     "ModuleParallel",

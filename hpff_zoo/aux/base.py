@@ -1,7 +1,7 @@
 """What every auxiliary network shares: its construction spec, its interface, and the registry.
 
 An auxiliary network turns one (patch of a) module's feature map into a scalar local loss. The
-training schedule in :mod:`hpff_zoo.local` only ever calls ``aux(feature, target, image, part)``,
+training schedule in :mod:`hpff_zoo.streamed` only ever calls ``aux(feature, target, image, part)``,
 so a new local method is one file in this package that subclasses :class:`AuxNet` and registers
 itself with :func:`register_aux`.
 

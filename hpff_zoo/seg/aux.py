@@ -3,7 +3,7 @@
 The classification auxiliaries of :mod:`hpff_zoo.aux` pool a feature map into one prediction per
 image; a segmentation module must instead be kept useful *per pixel*. Each auxiliary here gets a
 patch of a module's output and the matching patch of the label map (the schedule in
-:mod:`hpff_zoo.local` cuts dense targets into the PFF grid) and predicts a class per position
+:mod:`hpff_zoo.streamed` cuts dense targets into the PFF grid) and predicts a class per position
 with the head mmseg uses as DeepLab-V3's auxiliary head (FCN: one 3×3 conv-BN-ReLU and a 1×1
 classifier), its logits upsampled to the label patch as mmseg's decode heads do.
 

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..aux import AuxNet, AuxSpec
-from ..local import Backward, LocalModel
+from ..local import LocalModel
+from ..streamed import Backward
 from .aux import build_seg_aux
 
 __all__ = ["BackboneChain", "DenseLocalModel", "HeadLoss"]
