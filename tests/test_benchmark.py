@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict
 
 import pytest
@@ -12,6 +13,7 @@ from hpff_zoo.benchmark.accuracy import (
     Cell,
     CellResult,
     GridError,
+    accuracy_table,
     parse_cells,
     recorded_results,
     summarize,
@@ -120,6 +122,18 @@ def test_summary_states_the_gap_each_plug_in_closes():
     assert rows["dgl+hpff", 16].closed_gap == pytest.approx(0.6)
     assert rows["dgl", 16].closed_gap is None
     assert rows["dgl+hpff", 8].closed_gap is None  # no plain DGL at K=8 to compare with
+
+
+def test_gap_closed_over_seeds_pairs_the_runs_of_each_seed():
+    # E2E 10 % error; InfoPro 20 / 22 %; with HPFF 16 / 21 %: the effect is 4 and 1 points,
+    # the mean gap 11 points, so 2.5 / 11 closed, spread stdev(4, 1) / 11.
+    results = [_result("e2e", 1, 0, 90.0), _result("infopro", 16, 0, 80.0),
+               _result("infopro", 16, 1, 78.0), _result("infopro+hpff", 16, 0, 84.0),
+               _result("infopro+hpff", 16, 1, 79.0)]  # fmt: skip
+    row = {r.config: r for r in summarize(results)}["infopro+hpff"]
+    assert row.closed_gap == pytest.approx(2.5 / 11)
+    assert row.closed_gap_std == pytest.approx(statistics.stdev([4.0, 1.0]) / 11)
+    assert "23 ± 19 %" in accuracy_table([row])
 
 
 def test_plug_ins_are_compared_with_the_same_auxiliaries_without_them():

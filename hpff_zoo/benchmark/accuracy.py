@@ -282,6 +282,7 @@ class Row:
     peak_ratio: float
     wall_time_s: float
     closed_gap: float | None = None  # share of the method's gap to E2E this plug-in closes
+    closed_gap_std: float | None = None  # its spread over the seeds all three rows share
     paper_error: float | None = None
 
 
@@ -301,7 +302,14 @@ def _alone(row: Row) -> bool:
 
 def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[Row]:
     """Rows in first-appearance order; the gap HPFF closes is ``(err_m − err) / (err_m − err_e2e)``
-    against the same method and auxiliaries at the same K without plug-ins."""
+    against the same method and auxiliaries at the same K without plug-ins.
+
+    With several seeds the plug-ins' effect is taken per seed, as the error difference of the
+    two runs of that seed (a seed moves both runs' initialisation and batch order alike), and
+    its mean and sample standard deviation over the seeds both rows trained are divided by the
+    gap of the mean errors. The spread is the seed spread of the plug-ins' effect; the gap's own
+    uncertainty is not in it.
+    """
     groups: dict[tuple[str, int], list[CellResult]] = {}
     for result in results:
         groups.setdefault((result.cell.config, result.cell.num_modules), []).append(result)
@@ -324,13 +332,25 @@ def summarize(results: Sequence[CellResult], paper: dict | None = None) -> list[
     e2e = next((r for r in rows if r.config == "e2e"), None)
     closed = []
     for row in rows:
-        alone = by_setting.get((_without_plugins(row.config), row.num_modules))
+        k = row.num_modules
+        alone = by_setting.get((_without_plugins(row.config), k))
         gap = alone.error_mean - e2e.error_mean if alone and e2e else 0.0
         if row is not alone and alone is not None and gap > 0:
-            share = (alone.error_mean - row.error_mean) / gap
-            row = replace(row, closed_gap=share)
+            effects = _paired_differences(groups[alone.config, k], groups[row.config, k])
+            if effects:
+                row = replace(
+                    row,
+                    closed_gap=statistics.fmean(effects) / gap,
+                    closed_gap_std=statistics.stdev(effects) / gap if len(effects) > 1 else None,
+                )
         closed.append(row)
     return closed
+
+
+def _paired_differences(alone: Sequence[CellResult], plugged: Sequence[CellResult]) -> list[float]:
+    """Per seed trained in both rows, the method's error minus its error with the plug-ins."""
+    errors = {m.cell.seed: 100.0 - m.top1 for m in alone}
+    return [errors[m.cell.seed] - (100.0 - m.top1) for m in plugged if m.cell.seed in errors]
 
 
 def accuracy_table(rows: Sequence[Row]) -> str:
@@ -342,6 +362,8 @@ def accuracy_table(rows: Sequence[Row]) -> str:
     for r in rows:
         spread = f" ± {r.error_std:.2f}" if r.error_std is not None else ""
         closed = f"{100 * r.closed_gap:.0f} %" if r.closed_gap is not None else ""
+        if r.closed_gap_std is not None:
+            closed = f"{100 * r.closed_gap:.0f} ± {100 * r.closed_gap_std:.0f} %"
         line = (
             f"| {r.config} | {r.num_modules} | {r.seeds} | {r.error_mean:.2f}{spread} | "
             f"{closed} | {r.peak_ratio:.3f} | {r.wall_time_s / 60:.1f} min |"
