@@ -37,6 +37,7 @@ __all__ = [
     "FlopCounter",
     "MemoryMeter",
     "MemoryReport",
+    "example_batch",
     "step_flops",
     "step_memory",
     "step_peak_bytes",
@@ -285,3 +286,21 @@ def step_memory(model: nn.Module, x: Tensor, y: Tensor) -> MemoryReport:
 def step_peak_bytes(model: nn.Module, x: Tensor, y: Tensor) -> int:
     """Peak extra bytes of live tensors in one steady-state step (see :func:`step_memory`)."""
     return step_memory(model, x, y).peak_bytes
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def example_batch(
+    model: nn.Module, batch_size: int, img_size: int | None, device: torch.device | str
+) -> tuple[Tensor, Tensor]:
+    """A fixed random batch (seed 0) at ``model``'s ``input_size`` (or ``img_size``), labels
+    below its ``num_classes``: what the benchmarks and a run's record measure a step on, so
+    that both measure the same input."""
+    channels, height, width = model.input_size
+    if img_size is not None:
+        height = width = img_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, channels, height, width, generator=generator).to(device)
+    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator).to(device)
+    return x, y

@@ -37,7 +37,6 @@ another stage).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import io
@@ -48,6 +47,7 @@ import socket
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,13 +56,14 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from .local import LocalModel
-from .measure import FlopCounter
+from .measure import FlopCounter, example_batch
 from .partition import balanced_split
 from .streamed import Backward, _default_backward, _StreamedStep
 
 __all__ = [
     "ModuleParallel",
     "StageError",
+    "ThroughputSetting",
     "init_stages",
     "measure_throughput",
     "module_step_flops",
@@ -448,43 +449,56 @@ def run_stages(
 # --- throughput benchmark ----------------------------------------------------------------------
 
 
-def _bench_model(args: argparse.Namespace) -> LocalModel:
+@dataclass(frozen=True)
+class ThroughputSetting:
+    """What :func:`measure_throughput` times: a model's setting, the stage count and the batch.
+
+    A plain value (not a command line's namespace) so that it pickles to the stage processes and
+    a caller other than ``python -m hpff_zoo.benchmark parallel`` can build one."""
+
+    model: str = "hpff_resnet32"
+    method: str = "infopro"
+    num_modules: int = 4
+    hilo: int = 2  # cascade size; 0 or 1: off
+    pff: int = 2
+    stages: int = 2
+    batch_size: int = 256
+    micro_batches: int = 4
+    steps: int = 4  # timed steps
+    warmup: int = 1  # untimed steps first
+    timeout: float = 300.0  # seconds a stage waits for another
+
+
+def _bench_model(setting: ThroughputSetting) -> LocalModel:
     import timm
 
     import hpff_zoo  # noqa: F401  (registers the models)
 
     torch.manual_seed(0)
     return timm.create_model(
-        args.model,
+        setting.model,
         num_classes=10,
-        num_modules=args.num_modules,
-        method=args.method,
-        hilo=args.hilo if args.hilo > 1 else False,
-        pff=args.pff,
+        num_modules=setting.num_modules,
+        method=setting.method,
+        hilo=setting.hilo if setting.hilo > 1 else False,
+        pff=setting.pff,
     )
 
 
-def _bench_batch(model: LocalModel, batch_size: int) -> tuple[Tensor, Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *model.input_size, generator=generator)
-    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
-    return x, y
-
-
-def _bench_seconds(args: argparse.Namespace, pipelined: bool) -> float:
-    """Seconds of ``args.steps`` training steps (optimizer included) after the warm-up."""
-    model = _bench_model(args)
-    x, y = _bench_batch(model, args.batch_size)
+def _bench_seconds(setting: ThroughputSetting, pipelined: bool) -> float:
+    """Seconds of ``setting.steps`` training steps (optimizer included) after the warm-up."""
+    model = _bench_model(setting)
+    x, y = example_batch(model, setting.batch_size, None, "cpu")
     if pipelined:
-        stage = ModuleParallel(model, micro_batches=args.micro_batches)
+        stage = ModuleParallel(model, micro_batches=setting.micro_batches)
         step: Callable[[], Any] = lambda: stage.step(x, y)  # noqa: E731
         params = list(stage.parameters())
     else:
         step, params = (lambda: model.local_step(x, y)), list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     start = 0.0
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
+    for i in range(setting.warmup + setting.steps):
+        if i == setting.warmup:
             if pipelined:
                 dist.barrier()  # all stages start the clock together
             start = time.perf_counter()
@@ -496,21 +510,19 @@ def _bench_seconds(args: argparse.Namespace, pipelined: bool) -> float:
     return time.perf_counter() - start
 
 
-def measure_throughput(args: argparse.Namespace) -> dict[str, float]:
+def measure_throughput(setting: ThroughputSetting) -> dict[str, float]:
     """Images per second: one process with 1 and S threads, then S stage processes.
 
-    ``args`` holds the flags of ``python -m hpff_zoo.benchmark parallel`` (model, method,
-    num_modules, hilo, pff, stages, batch_size, micro_batches, steps, warmup, timeout).
-    """
-    images = args.batch_size * args.steps
+    The caller's thread count is restored afterwards."""
+    images = setting.batch_size * setting.steps
     results: dict[str, float] = {}
     callers_threads = torch.get_num_threads()
     try:
-        for threads in sorted({1, args.stages}):
+        for threads in sorted({1, setting.stages}):
             torch.set_num_threads(threads)
-            results[f"1 process x {threads} thread(s)"] = images / _bench_seconds(args, False)
+            results[f"1 process x {threads} thread(s)"] = images / _bench_seconds(setting, False)
     finally:  # the caller's thread count is its own: a test run after this one relies on it
         torch.set_num_threads(callers_threads)
-    seconds = run_stages(_bench_seconds, args.stages, (args, True), timeout=args.timeout)
-    results[f"{args.stages} stages x 1 thread"] = images / max(seconds)
+    seconds = run_stages(_bench_seconds, setting.stages, (setting, True), timeout=setting.timeout)
+    results[f"{setting.stages} stages x 1 thread"] = images / max(seconds)
     return results

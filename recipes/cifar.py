@@ -22,8 +22,9 @@ every run prints its effective schedule and an estimated duration before it star
 
 from __future__ import annotations
 
-from common import build_parser, create_local_model, parse_args
-from loop import train
+from loop import PRESETS, train
+
+from hpff_zoo.training import CommandLine, RunConfig, create_local_model
 
 PAPER_DEFAULTS = dict(
     dataset="mnist5k",
@@ -37,11 +38,11 @@ PAPER_DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser(__doc__, PAPER_DEFAULTS)
-    args = parse_args(parser, argv, auto_preset=lambda args: args.dataset)
-    if args.dataset == "imagenet-1k":
-        parser.error("imagenet-1k trains with recipes/imagenet.py (224-px models and schedules)")
-    return train(args, create_local_model)
+    cli = CommandLine(RunConfig, __doc__, PAPER_DEFAULTS, PRESETS, preset_from="{dataset}")
+    config = cli.parse(argv)
+    if config.dataset == "imagenet-1k":
+        cli.error("imagenet-1k trains with recipes/imagenet.py (224-px models and schedules)")
+    return train(config, create_local_model)
 
 
 if __name__ == "__main__":

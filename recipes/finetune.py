@@ -23,18 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-from common import (
-    build_parser,
-    check_model_name,
-    first_line,
-    input_channels,
-    local_model_kwargs,
-    parse_args,
-)
-from loop import train
+from loop import PRESETS, train
 from torch import nn
 
 import hpff_zoo
@@ -42,6 +35,15 @@ from hpff_zoo.data import model_in_chans
 from hpff_zoo.hub import load_model
 from hpff_zoo.models import HPFF_MODELS, TAGS
 from hpff_zoo.models.pretrained import HUB_ERRORS, PretrainedWeightsError
+from hpff_zoo.training import (
+    CommandLine,
+    RunConfig,
+    RunError,
+    first_line,
+    input_channels,
+    local_model_kwargs,
+    option,
+)
 
 DEFAULTS = dict(
     dataset="mnist5k",
@@ -52,6 +54,23 @@ DEFAULTS = dict(
     lr=0.01,
     output_dir="output/finetune",
 )
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """The recipes' settings, and where the weights come from."""
+
+    init: str | None = option(
+        help="catalogue tag, model_cards/<tag> or run folder, hf-hub:<id>, or timm model "
+        "(required)",
+        group="starting point",
+    )
+    pretrained: bool = option(
+        True,
+        "load timm's pretrained weights for a timm model name",
+        group="starting point",
+        action=argparse.BooleanOptionalAction,
+    )
 
 
 def _is_hpff_folder(path: Path) -> bool:
@@ -65,8 +84,8 @@ def _source(init: str) -> tuple[str, bool]:
     path = Path(init).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SystemExit(
-                f"error: --init {path}: no config.json (expected a recipes --output-dir, a "
+            raise RunError(
+                f"--init {path}: no config.json (expected a recipes --output-dir, a "
                 "model_cards/<tag> folder or a timm export)"
             )
         return str(path), _is_hpff_folder(path)
@@ -77,7 +96,7 @@ def _source(init: str) -> tuple[str, bool]:
     return init, False
 
 
-def load_backbone(args: argparse.Namespace, num_classes: int) -> nn.Module:
+def load_backbone(args: FinetuneConfig, num_classes: int) -> nn.Module:
     """The timm backbone --init names, with a fresh ``num_classes`` classifier."""
     name, hpff_format = _source(args.init)
     kwargs = {} if args.in_chans == "auto" else {"in_chans": input_channels(args, 3)}
@@ -90,21 +109,21 @@ def load_backbone(args: argparse.Namespace, num_classes: int) -> nn.Module:
                 name = f"local-dir:{name}"
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, PretrainedWeightsError, *HUB_ERRORS) as error:  # offline, gated, missing
-        raise SystemExit(
-            f"error: could not load the weights of --init {args.init} ({first_line(error)}). "
+        raise RunError(
+            f"could not load the weights of --init {args.init} ({first_line(error)}). "
             "Pass --init a tag with weights (python -m hpff_zoo.hub list), a local folder with "
             "model.safetensors + config.json (e.g. the --output-dir of recipes/cifar.py), "
             f"download the weights once with network access, {_fresh_start(args, name)}."
         ) from None
     except (RuntimeError, ValueError) as error:
-        raise SystemExit(f"error: --init {args.init}: {first_line(error)}") from None
+        raise RunError(f"--init {args.init}: {first_line(error)}") from None
     if isinstance(model, hpff_zoo.LocalModel):  # an hf-hub: id of an hpff_zoo export
         model = model.backbone
     model.reset_classifier(num_classes)
     return model
 
 
-def _fresh_start(args: argparse.Namespace, name: str) -> str:
+def _fresh_start(args: FinetuneConfig, name: str) -> str:
     """The last advice when --init's weights cannot be read: how to start without them.
 
     --no-pretrained only drops timm's weights for a timm model name; a tag, folder or Hub id is
@@ -121,7 +140,7 @@ def _fresh_start(args: argparse.Namespace, name: str) -> str:
     return "or start from a timm model name with --no-pretrained"
 
 
-def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
+def build_model(args: FinetuneConfig, data) -> hpff_zoo.LocalModel:
     backbone = load_backbone(args, data.num_classes)
     channels = model_in_chans(backbone)
     input_size = (channels, args.img_size, args.img_size) if args.img_size else None
@@ -129,33 +148,21 @@ def build_model(args: argparse.Namespace, data) -> hpff_zoo.LocalModel:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser(__doc__, DEFAULTS, model_flag=False)
-    start = parser.add_argument_group("starting point")
-    start.add_argument(
-        "--init",
-        help="catalogue tag, model_cards/<tag> or run folder, hf-hub:<id>, or timm model "
-        "(required)",
-    )
-    start.add_argument(
-        "--pretrained",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="load timm's pretrained weights for a timm model name",
-    )
-    args = parse_args(parser, argv)
-    if args.init is None:
-        parser.error("--init is required: where the weights to fine-tune come from")
-    if args.model:
-        parser.error("finetune.py starts from --init; --model is for cifar.py / imagenet.py")
-    if args.memory_budget:
-        parser.error(
+    cli = CommandLine(FinetuneConfig, __doc__, DEFAULTS, PRESETS, hidden=("model",))
+    config = cli.parse(argv)
+    if config.init is None:
+        cli.error("--init is required: where the weights to fine-tune come from")
+    if config.model:
+        cli.error("finetune.py starts from --init; --model is for cifar.py / imagenet.py")
+    if config.memory_budget:
+        cli.error(
             "--memory-budget plans hpff_* models in cifar.py / imagenet.py; give "
             "finetune.py --num-modules and --pff"
         )
-    if not Path(args.init).expanduser().is_dir() and "/" not in args.init:
-        check_model_name(parser, args.init, "--init")  # hf-hub: and org/name ids have a "/"
-    args.model = args.init
-    return train(args, build_model)
+    if not Path(config.init).expanduser().is_dir() and "/" not in config.init:
+        cli.check_model_name(config.init, "--init")  # hf-hub: and org/name ids have a "/"
+    config.model = config.init
+    return train(config, build_model)
 
 
 if __name__ == "__main__":

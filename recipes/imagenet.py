@@ -15,8 +15,9 @@ keep it as an image folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) and pass its
 
 from __future__ import annotations
 
-from common import build_parser, create_local_model, parse_args
-from loop import train
+from loop import PRESETS, train
+
+from hpff_zoo.training import CommandLine, RunConfig, create_local_model
 
 PAPER_DEFAULTS = dict(
     dataset="imagenet-1k",
@@ -30,9 +31,8 @@ PAPER_DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser(__doc__, PAPER_DEFAULTS)
-    args = parse_args(parser, argv, auto_preset=lambda args: f"imagenet-{args.model}")
-    return train(args, create_local_model)
+    cli = CommandLine(RunConfig, __doc__, PAPER_DEFAULTS, PRESETS, preset_from="imagenet-{model}")
+    return train(cli.parse(argv), create_local_model)
 
 
 if __name__ == "__main__":

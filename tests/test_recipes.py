@@ -202,12 +202,14 @@ def test_help_explains_every_flag(script, capsys, monkeypatch):
 def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     import cifar
-    import common
     import imagenet
+    from loop import PRESETS
 
-    def parse(recipe, *argv, auto=lambda args: args.dataset):
-        parser = common.build_parser("", recipe.PAPER_DEFAULTS)
-        return common.parse_args(parser, list(argv), auto_preset=auto)
+    from hpff_zoo.training import CommandLine, RunConfig
+
+    def parse(recipe, *argv, auto="{dataset}"):
+        cli = CommandLine(RunConfig, "", recipe.PAPER_DEFAULTS, PRESETS, preset_from=auto)
+        return cli.parse(list(argv))
 
     def settings(args):
         return args.batch_size, args.lr, args.epochs, args.num_modules, args.preset
@@ -217,7 +219,7 @@ def test_presets_replace_the_paper_defaults_and_flags_win(tmp_path, monkeypatch)
     assert settings(parse(cifar, "--dataset", "stl10")) == (128, 0.1, 400, None, "stl10")
     assert settings(parse(cifar, "--lr", "0.05")) == (16, 0.05, 3, 4, "mnist5k")
     assert parse(cifar, "--dataset", "uoft-cs/cifar10").preset is None
-    by_model = lambda args: f"imagenet-{args.model}"  # noqa: E731
+    by_model = "imagenet-{model}"
     assert settings(parse(imagenet, auto=by_model))[:3] == (128, 0.05, 90)
     assert settings(parse(imagenet, "--model", "hpff_vgg13", auto=by_model))[:2] == (64, 0.025)
     bad = tmp_path / "bad.yaml"

@@ -114,8 +114,13 @@ def test_readme_sections_run_as_written(heading, tmp_path, monkeypatch, offline)
     "page", [p for p in DOCS if python_blocks(p.read_text())], ids=lambda page: page.name
 )
 def test_docs_code_runs_as_written(page, tmp_path, monkeypatch, offline):
+    from accelerate.state import AcceleratorState
+
     monkeypatch.chdir(tmp_path)
-    run_blocks(python_blocks(page.read_text()), str(page.relative_to(ROOT)))
+    try:
+        run_blocks(python_blocks(page.read_text()), str(page.relative_to(ROOT)))
+    finally:  # docs/training.md starts Accelerate, whose state is one per process
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def readme_offline_commands() -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..measure import example_batch
 from . import gpu
 from .accuracy import (
     DEFAULT_CELLS,
@@ -35,7 +36,6 @@ from .steps import (
     DEFAULT_CONFIGS,
     StepMeasurement,
     build,
-    example_batch,
     measure_memory,
     model_kwargs,
     rss_growth_bytes,
@@ -258,9 +258,10 @@ def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table
 
 
 def _parallel(args: argparse.Namespace) -> dict[str, float]:
-    from ..parallel import measure_throughput
+    from ..parallel import ThroughputSetting, measure_throughput
 
-    results = measure_throughput(args)
+    fields = ThroughputSetting.__dataclass_fields__
+    results = measure_throughput(ThroughputSetting(**{k: getattr(args, k) for k in fields}))
     print(
         f"{args.model} {args.method} K={args.num_modules} HiLo={args.hilo} PFF={args.pff}, "
         f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps"

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from ..measure import MemoryMeter
+from ..measure import MemoryMeter, example_batch
 from .steps import (
     StepMeasurement,
     build,
-    example_batch,
     measure_memory,
     model_kwargs,
     speed_measurements,

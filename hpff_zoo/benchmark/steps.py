@@ -30,13 +30,12 @@ import torch
 from ..aux.arch import AUX_PRESET_NAMES
 from ..aux.base import PFF_SCOPES
 from ..local import METHODS, LocalModel
-from ..measure import MemoryMeter, step_flops, step_peak_bytes
+from ..measure import MemoryMeter, example_batch, step_flops, step_peak_bytes
 from ..planner import static_bytes
 
 __all__ = [
     "StepMeasurement",
     "build",
-    "example_batch",
     "measure_memory",
     "measure_speed",
     "model_kwargs",
@@ -120,17 +119,6 @@ def build(
     if "+ckpt" in config:  # E2E with activation checkpointing: the rival users already have
         model.backbone.set_grad_checkpointing(True)
     return model
-
-
-def example_batch(model: LocalModel, batch_size: int, img_size: int | None, device):
-    """A fixed random batch at the model's input size (or ``img_size``)."""
-    channels, height, width = model.input_size
-    if img_size is not None:
-        height = width = img_size
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, channels, height, width, generator=generator).to(device)
-    y = torch.randint(0, model.num_classes, (batch_size,), generator=generator).to(device)
-    return x, y
 
 
 def rss_growth_bytes(

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["CheckpointManager", "TrainingProgress"]
+from .errors import RunError, first_line
+
+__all__ = ["CheckpointManager", "TrainingProgress", "load_checkpoint", "resume_point"]
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -144,3 +146,41 @@ class CheckpointManager:
                     shutil.rmtree(old)
         accelerator.wait_for_everyone()
         return final
+
+
+def resume_point(
+    resume: str | None, checkpoints: CheckpointManager, output_dir: str | os.PathLike
+) -> Path | None:
+    """The checkpoint ``resume`` names (``"latest"``, a checkpoint directory, or None: start a
+    new run); None also when ``"latest"`` finds nothing, which is said. An earlier run's
+    checkpoints in ``output_dir`` without ``resume`` are refused, never overwritten."""
+    if resume is None:
+        if checkpoints.latest() is not None:
+            raise RunError(
+                f"{output_dir} already holds checkpoints of an earlier run: pass --resume to "
+                "continue it, or choose another --output-dir"
+            )
+        return None
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise RunError(f"--resume {path}: no such checkpoint directory")
+        return path
+    latest = checkpoints.latest()
+    if latest is None:
+        print(f"--resume: no checkpoint in {checkpoints.directory} yet: starting a new run")
+    return latest
+
+
+def load_checkpoint(path: Path, checkpoints: CheckpointManager, load: Callable[[Path], None]):
+    """``load(path)``; a damaged checkpoint is one line that names the file that cannot be
+    read, and what to do about it."""
+    try:
+        load(path)
+    except Exception as error:
+        damaged = checkpoints.find_damage(path) or path
+        older = [p.name for p in checkpoints.checkpoints() if p.name < path.name]
+        advice = f"delete {path} to resume from {older[-1]}" if older else "start without --resume"
+        raise RunError(
+            f"cannot resume from {damaged}: {first_line(error)} (truncated or corrupt?); {advice}"
+        ) from None

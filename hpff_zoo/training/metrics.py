@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cards import QUICK_EVAL_IMAGES
 from ..local import LocalModel
 
-__all__ = ["MetricsWriter", "evaluate", "summarize_losses", "unweighted_losses"]
+__all__ = ["MetricsWriter", "evaluate", "summarize_losses", "test_metrics", "unweighted_losses"]
 
 
 @torch.no_grad()
@@ -68,6 +69,18 @@ def evaluate(
     if first is not None:
         results["top1_first"] = 100 * hits_first / max(min(first, count), 1)
     return results
+
+
+def test_metrics(accelerator, model: nn.Module, loader) -> dict[str, Any]:
+    """What an epoch (and the run record) reports of the test split, ``test_*`` keys: top-1,
+    top-5, loss, and top-1 on its first ``QUICK_EVAL_IMAGES`` images."""
+    results = evaluate(accelerator, model, loader, first=QUICK_EVAL_IMAGES)
+    return {
+        "test_top1": results["top1"],
+        "test_top5": results["top5"],
+        "test_loss": results["loss"],
+        "test_top1_first": results["top1_first"],
+    }
 
 
 def unweighted_losses(model: LocalModel, losses: dict[str, float]) -> dict[str, float]:

@@ -13,13 +13,14 @@ gradients DDP would have produced for a single backward, whatever the number of 
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["average_buffers", "average_gradients", "local_step"]
+__all__ = ["average_buffers", "average_gradients", "local_step", "synced_gradients"]
 
 
 def _all_reduce_mean(accelerator, tensors: Iterable[Tensor]) -> None:
@@ -56,18 +57,25 @@ def average_buffers(accelerator, module: nn.Module) -> None:
         _all_reduce_mean(accelerator, [b for b in module.buffers() if b.is_floating_point()])
 
 
-def local_step(accelerator, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
-    """``LocalModel.local_step`` for a model prepared by ``accelerator`` (DDP-wrapped or not).
+@contextlib.contextmanager
+def synced_gradients(accelerator, model: nn.Module) -> Iterator[None]:
+    """The context of one ``LocalModel.local_step`` on a model prepared by ``accelerator``
+    (DDP-wrapped or not): call ``local_step(x, y, backward=accelerator.backward)`` inside it.
 
-    Runs under ``accelerator.autocast()`` (``local_step`` is not ``forward``, so Accelerate's
-    automatic autocast of ``forward`` does not reach it), passes ``accelerator.backward`` so
-    that loss scaling and gradient-accumulation scaling apply to every loss, and averages the
-    gradients across processes when ``accelerator.sync_gradients`` says the optimizer steps
-    next. Call it inside ``accelerator.accumulate(model)``; returns the per-module losses.
+    It runs the step under ``accelerator.autocast()`` (``local_step`` is not ``forward``, so
+    Accelerate's automatic autocast of ``forward`` does not reach it) and with DDP's own
+    synchronisation off, and on leaving averages the gradients across processes when
+    ``accelerator.sync_gradients`` says the optimizer steps next. ``accelerator.backward``
+    applies loss scaling and gradient-accumulation scaling to every loss. Use it inside
+    ``accelerator.accumulate(model)``.
     """
-    local_model = accelerator.unwrap_model(model)
     with accelerator.no_sync(model), accelerator.autocast():
-        losses = local_model.local_step(x, y, backward=accelerator.backward)
+        yield
     if accelerator.sync_gradients:
-        average_gradients(accelerator, local_model.parameters())
-    return losses
+        average_gradients(accelerator, accelerator.unwrap_model(model).parameters())
+
+
+def local_step(accelerator, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    """``LocalModel.local_step`` under :func:`synced_gradients`; returns the per-module losses."""
+    with synced_gradients(accelerator, model):
+        return accelerator.unwrap_model(model).local_step(x, y, backward=accelerator.backward)
