@@ -8,10 +8,11 @@ to scan or an error from deep inside the build.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["closest", "unknown_name"]
+__all__ = ["closest", "hpff_model", "one_of", "positive_int", "unknown_name"]
 
 
 def closest(name: object, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -36,3 +37,38 @@ def unknown_name(what: str, name: object, candidates: Iterable[str], listed: int
     if len(candidates) <= listed:
         message += f" (choose from {', '.join(candidates)})"
     return message
+
+
+# --- argparse types: a bad flag value is argparse's one usage line, before any work ----------
+
+
+def positive_int(text: str) -> int:
+    """``type=`` of a count flag (batch size, K, resolution, classes, repetitions)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def hpff_model(text: str) -> str:
+    """``type=`` of a ``--model`` flag that builds an ``hpff_*`` model with local options."""
+    import timm
+
+    names = timm.list_models("hpff_*")
+    if text not in names:
+        other = "; wrap other timm models with hpff_zoo.from_timm" if timm.is_model(text) else ""
+        raise argparse.ArgumentTypeError(unknown_name("hpff_* model", text, names) + other)
+    return text
+
+
+def one_of(what: str, names: Iterable[str]):
+    """``type=`` of a flag that takes one of ``names``, refused with the closest ones."""
+    names = tuple(names)
+
+    def check(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(unknown_name(what, text, names))
+        return text
+
+    check.__name__ = what.replace(" ", "_")
+    return check

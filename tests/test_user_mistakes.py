@@ -65,3 +65,25 @@ def test_benchmark_flags_are_refused_in_one_line(argv, message, capsys):
 def test_benchmark_k_the_model_cannot_take_is_one_line():
     with pytest.raises(SystemExit, match=r"^error: num_modules=100 exceeds the 16 atoms"):
         cli.main(["memory", "--no-rss", "--configs", "infopro", "--num-modules", "100"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "hpff_resnt32"], "did you mean 'hpff_resnet32'"),
+        (["--batch-size", "-8"], "must be a positive integer, got -8"),
+        (["--method", "dlg"], "unknown method 'dlg'; did you mean 'dgl'"),
+        (["--img-size", "0"], "must be a positive integer"),
+        (["--num-classes", "0"], "must be a positive integer"),
+    ],
+)
+def test_planner_flags_are_refused_in_one_line(argv, message, capsys):
+    from hpff_zoo import planner
+
+    args = dict(zip(["--model", "--batch-size", "--budget"], ["hpff_resnet32", "8", "1GB"]))
+    args.update(zip(argv[::2], argv[1::2]))
+    with pytest.raises(SystemExit) as exit:
+        planner.main([item for pair in args.items() for item in pair])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and error.startswith("python -m hpff_zoo.planner: error:")

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import timm
 import torch
 
-from ..choices import unknown_name
+from ..choices import hpff_model, positive_int, unknown_name
 from . import gpu
 from .accuracy import (
     DEFAULT_CELLS,
@@ -50,15 +49,8 @@ __all__ = ["main"]
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cifar.py"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _int_list(text: str) -> list[int]:
-    return [_positive_int(item) for item in text.split(",")]
+    return [positive_int(item) for item in text.split(",")]
 
 
 def _config_list(text: str) -> list[str]:
@@ -69,17 +61,6 @@ def _config_list(text: str) -> list[str]:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return configs
-
-
-def _hpff_model(text: str) -> str:
-    """An ``hpff_*`` model name (the benchmarks build ``hpff_*`` models with local options)."""
-    names = timm.list_models("hpff_*")
-    if text not in names:
-        raise argparse.ArgumentTypeError(
-            unknown_name("hpff_* model", text, names)
-            + ("; wrap other timm models with hpff_zoo.from_timm" if timm.is_model(text) else "")
-        )
-    return text
 
 
 def _device(text: str) -> str:
@@ -109,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument(
-            "--model", default="hpff_resnet32", type=_hpff_model, help="an hpff_* model name"
+            "--model", default="hpff_resnet32", type=hpff_model, help="an hpff_* model name"
         )
         sub.add_argument(
             "--configs",
@@ -124,14 +105,14 @@ def _parser() -> argparse.ArgumentParser:
             help="K, or a comma-separated list of K for a memory-vs-K sweep (default: the "
             "model's paper value)",
         )
-        sub.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+        sub.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
         sub.add_argument(
-            "--img-size", type=_positive_int, help="input resolution (default: the model's)"
+            "--img-size", type=positive_int, help="input resolution (default: the model's)"
         )
-        sub.add_argument("--num-classes", type=_positive_int, default=10, help="classifier outputs")
+        sub.add_argument("--num-classes", type=positive_int, default=10, help="classifier outputs")
         sub.add_argument(
             "--repetitions",
-            type=_positive_int,
+            type=positive_int,
             default=10,
             help="timed steps per configuration (speed)",
         )
