@@ -87,3 +87,11 @@ def test_planner_flags_are_refused_in_one_line(argv, message, capsys):
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and error.startswith("python -m hpff_zoo.planner: error:")
+
+
+def test_benchmark_memory_says_each_configuration_as_it_starts(capsys):
+    """Minutes pass before the table: a line per configuration on stderr says where it is."""
+    cli.main(["memory", "--no-rss", "--configs", "e2e,dgl", "--num-modules", "2",
+              "--batch-size", "2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "[1/2] memory of e2e\n" in err and "[2/2] memory of dgl (K=2)" in err

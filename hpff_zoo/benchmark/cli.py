@@ -244,7 +244,8 @@ def _steps(args: argparse.Namespace) -> list[StepMeasurement]:
     memory = []
     for i, ((config, k), model) in enumerate(zip(pairs, models), 1):
         then = ": step peak, then RSS growth in a fresh process" if rss_on else ""
-        _progress(f"[{i}/{len(pairs)}] memory of {config} (K={model.num_modules}){then}")
+        k_text = "" if config.startswith("e2e") else f" (K={model.num_modules})"
+        _progress(f"[{i}/{len(pairs)}] memory of {config}{k_text}{then}")
         rss = (
             rss_growth_bytes(
                 args.model, config, k, args.img_size, args.num_classes, args.batch_size
