@@ -28,15 +28,16 @@ from .aux import AUX_METHODS
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES
 from .auxiliaries import AuxiliaryBuilder
+from .choices import unknown_name
 from .partition import Balance, Partition, partition_backbone
 from .streamed import Backward, StreamedSchedule, _default_backward, _StreamedStep
 
 __all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm", "with_default_aux"]
 
 METHODS = ("e2e", *AUX_METHODS)
-# The auxiliaries of the hpff_* models and from_timm, chosen by measurement (README: "Choosing the
-# default auxiliaries"): cheap ones, each held to 10 % of its module's training FLOPs. The
-# LocalModel class itself defaults to the official architecture.
+# The auxiliaries of the hpff_* models and from_timm, chosen by measurement (see
+# recipes/results/accuracy-aux/README.md): cheap ones, each held to 10 % of its module's training
+# FLOPs. The LocalModel class itself defaults to the official architecture.
 DEFAULT_AUX = dict(aux="cheap", aux_budget=0.1, pff_scope="all")
 
 
@@ -124,7 +125,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
     ) -> None:
         super().__init__()
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+            raise ValueError(unknown_name("method", method, METHODS))
         self.method = method
         # HiLo and PFF shape the auxiliary networks, which E2E has none of: an E2E model records
         # them as off, so that its config says how its weights were really trained.
@@ -151,6 +152,11 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             balance=balance,
             trace_size=trace_size,
         )
+        if 1 < self.partition.num_modules < self.cascade_size:
+            raise ValueError(
+                f"hilo={hilo} exceeds num_modules={self.partition.num_modules}: a HiLo cascade "
+                "spans at most all K modules; pass a smaller hilo or more modules"
+            )
         self._parameter_groups = self._group_parameters()
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
         self._module_flops: dict[int, int] = {}  # module training FLOPs by index (batch 2)
@@ -469,6 +475,9 @@ def from_timm(
     if isinstance(model_or_name, str):
         import timm
 
+        known = ":" in model_or_name or timm.is_model(model_or_name)  # hf-hub:, local-dir:
+        if not known and not timm.list_pretrained(model_or_name):  # a name.tag is known too
+            raise RuntimeError(unknown_name("timm model", model_or_name, timm.list_models()))
         backbone = timm.create_model(model_or_name, **kwargs)
     elif kwargs:
         raise TypeError(f"timm keyword arguments {sorted(kwargs)} given with a model instance")

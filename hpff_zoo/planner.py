@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import timm
 import torch
 
-from .local import LocalModel
+from .choices import hpff_model, one_of, positive_int
+from .local import METHODS, LocalModel
 from .measure import step_peak_bytes
 
 __all__ = ["Candidate", "Plan", "format_bytes", "parse_bytes", "plan"]
@@ -234,18 +235,30 @@ def main(argv: Sequence[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(
         prog="python -m hpff_zoo.planner", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--model", required=True, help="an hpff_* model name")
-    parser.add_argument("--batch-size", type=int, required=True, help="training batch size")
-    parser.add_argument("--budget", required=True, help="memory budget, e.g. 4GB or 6GiB")
-    parser.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    parser.add_argument("--method", default="infopro", help="local method to plan for")
-    parser.add_argument("--no-hilo", action="store_true", help="plan without HiLo cascades")
-    parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs")
+    parser.add_argument("--model", required=True, type=hpff_model, help="an hpff_* model name")
     parser.add_argument(
-        "--optimizer-slots", type=int, default=1, help="state tensors per parameter (SGD 1, Adam 2)"
+        "--batch-size", type=positive_int, required=True, help="training batch size"
+    )
+    parser.add_argument("--budget", required=True, help="memory budget, e.g. 4GB or 6GiB")
+    parser.add_argument(
+        "--img-size", type=positive_int, help="input resolution (default: the model's)"
     )
     parser.add_argument(
-        "--min-modules", type=int, default=1, help="smallest K to consider (2: no E2E fallback)"
+        "--method", default="infopro", type=one_of("method", METHODS), help="local method"
+    )
+    parser.add_argument("--no-hilo", action="store_true", help="plan without HiLo cascades")
+    parser.add_argument("--num-classes", type=positive_int, default=10, help="classifier outputs")
+    parser.add_argument(
+        "--optimizer-slots",
+        type=int,
+        default=1,
+        help="state tensors per parameter (SGD 1, Adam 2)",
+    )
+    parser.add_argument(
+        "--min-modules",
+        type=positive_int,
+        default=1,
+        help="smallest K to consider (2: no E2E fallback)",
     )
     args = parser.parse_args(argv)
     try:

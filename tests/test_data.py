@@ -25,6 +25,7 @@ from hpff_zoo.data import (
     load_image_classification,
     read_idx_file,
     resolve_data_config,
+    smallest_image_size,
 )
 
 RNG = np.random.default_rng(0)
@@ -112,6 +113,32 @@ def test_cifar100_files(tmp_path):
 def test_image_folder_with_splits(tmp_path):
     data = load_image_classification(str(make_image_folder(tmp_path / "pets")))
     assert (len(data.train), len(data.test), data.label_names) == (6, 6, ["cat", "dog"])
+
+
+def test_image_folder_of_one_class_is_told_so(tmp_path):
+    root = make_image_folder(tmp_path / "cats", splits=("",), classes=("cat",), n=2)
+    with pytest.raises(
+        DatasetError, match=r"one class folder \(cat/\); a classifier needs at least two"
+    ):
+        load_image_classification(str(root))
+
+
+def test_local_image_folder_prints_no_progress_bars(tmp_path, capfd):
+    import datasets
+
+    load_image_classification(str(make_image_folder(tmp_path / "pets")))
+    err = capfd.readouterr().err
+    assert "Downloading" not in err and "Generating" not in err, err
+    assert datasets.is_progress_bar_enabled()  # turned back on
+
+
+def test_smallest_image_size_reads_every_image(tmp_path):
+    root = make_image_folder(tmp_path / "mixed", splits=("",), classes=("a", "b"), n=2)
+    Image.fromarray(np.zeros((97, 15, 3), dtype=np.uint8)).save(root / "b" / "tall.png")
+    Image.fromarray(np.zeros((12, 60, 3), dtype=np.uint8)).save(root / "a" / "wide.png")
+    data = load_image_classification(str(root), test_fraction=0.2, seed=0)
+    both = [smallest_image_size(data.train), smallest_image_size(data.test)]
+    assert (min(w for w, _ in both), min(h for _, h in both)) == (15, 12)
 
 
 def test_image_folder_without_splits_holds_out_a_stratified_test_set(tmp_path):

@@ -29,7 +29,7 @@ def test_bad_configuration(kwargs, message):
 
 
 def test_unknown_model_name():
-    with pytest.raises(RuntimeError, match="Unknown model"):
+    with pytest.raises(RuntimeError, match="unknown timm model"):
         hpff_zoo.from_timm("resnet_does_not_exist")
 
 

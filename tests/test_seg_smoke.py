@@ -19,6 +19,7 @@ from mmseg.registry import MODELS
 import hpff_zoo.seg  # noqa: F401
 from hpff_zoo.seg import PretrainedUnavailableError
 from hpff_zoo.seg.config import use_batch_norm
+from hpff_zoo.seg.smoke import SMOKE_ITERS, use_smoke
 
 from .seg_data import make_cityscapes, recipe
 
@@ -139,3 +140,12 @@ def test_smoke_run_starts_from_an_hpff_resnet101_checkpoint(tmp_path):
     assert re.search(r"HPFFTransfer: loaded (\d+)/\1 backbone tensors", output), output[-4000:]
     assert "model.backbone.type=ResNet" in output
     assert (tmp_path / "run" / "iter_4.pth").is_file()
+
+
+def test_smoke_checkpoint_keeps_weights_only(tmp_path):
+    """The smoke run's checkpoint leaves out SGD's momentum (it doubled an 800 MB file)."""
+    cfg = Config.fromfile(recipe("hpff-k4"))
+    cfg.work_dir = str(tmp_path)
+    use_smoke(cfg)
+    hook = cfg.default_hooks.checkpoint
+    assert hook.save_optimizer is False and hook.interval == SMOKE_ITERS

@@ -15,14 +15,17 @@ a setting a checkpoint records, not a constant in a file. Every method reads the
 :data:`AUX_PRESETS` names whole architectures per method: ``"paper"`` is the official code's
 (InfoPro/HPFF ``2c2f`` classifier and full-resolution decoder, DGL's ``cnn`` auxiliary, PredSim's
 3×3 similarity convolution), ``"cheap"`` is the small design the defaults were chosen from by
-measurement (see the README: DGL's MLP-SR idea of pooling before computing, one conv, a decoder
-at 8×8). A ``dict`` overrides fields of the method's paper architecture.
+measurement (see recipes/results/accuracy-aux/README.md): DGL's MLP-SR idea of pooling before
+computing, one conv, a decoder at 8×8. A ``dict`` overrides fields of the method's paper
+architecture.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from ..choices import unknown_name
 
 __all__ = ["AUX_PRESETS", "AUX_PRESET_NAMES", "AuxArch", "resolve_aux_arch"]
 
@@ -142,7 +145,7 @@ def resolve_aux_arch(method: str, aux: str | AuxArch | dict[str, Any] | None) ->
         return aux
     if isinstance(aux, str):
         if aux not in presets:
-            raise ValueError(f"unknown aux preset {aux!r}; choose from {sorted(presets)}")
+            raise ValueError(unknown_name("aux preset", aux, presets))
         return presets[aux]
     if isinstance(aux, dict):
         known = {f.name for f in fields(AuxArch)}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..choices import hpff_model, positive_int, unknown_name
 from ..measure import example_batch
 from . import gpu
 from .accuracy import (
@@ -49,14 +50,27 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cifar.py"
 
 
 def _int_list(text: str) -> list[int]:
-    return [int(item) for item in text.split(",")]
+    return [positive_int(item) for item in text.split(",")]
 
 
 def _config_list(text: str) -> list[str]:
     configs = text.split(",")
     for config in configs:
-        model_kwargs(config)  # fail on a bad name before building anything
+        try:
+            model_kwargs(config)  # fail on a bad name before building anything
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return configs
+
+
+def _device(text: str) -> str:
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            unknown_name("device", text, ("cpu", "cuda", "mps"))
+        ) from None
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         ("tradeoff", "both: peak step memory against step time, one point per configuration"),
     ):
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--model", default="hpff_resnet32", help="an hpff_* model name")
+        sub.add_argument(
+            "--model", default="hpff_resnet32", type=hpff_model, help="an hpff_* model name"
+        )
         sub.add_argument(
             "--configs",
             default=",".join(DEFAULT_CONFIGS),
@@ -89,11 +105,16 @@ def _parser() -> argparse.ArgumentParser:
             help="K, or a comma-separated list of K for a memory-vs-K sweep (default: the "
             "model's paper value)",
         )
-        sub.add_argument("--batch-size", type=int, default=128, help="batch size")
-        sub.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-        sub.add_argument("--num-classes", type=int, default=10, help="classifier outputs")
+        sub.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
         sub.add_argument(
-            "--repetitions", type=int, default=10, help="timed steps per configuration (speed)"
+            "--img-size", type=positive_int, help="input resolution (default: the model's)"
+        )
+        sub.add_argument("--num-classes", type=positive_int, default=10, help="classifier outputs")
+        sub.add_argument(
+            "--repetitions",
+            type=positive_int,
+            default=10,
+            help="timed steps per configuration (speed)",
         )
         if name in ("memory", "tradeoff"):
             sub.add_argument(
@@ -106,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--device",
             default="cuda" if torch.cuda.is_available() else "cpu",
+            type=_device,
             help="where to measure (default: %(default)s)",
         )
         _output_flags(sub)
@@ -207,25 +229,44 @@ def _steps(args: argparse.Namespace) -> list[StepMeasurement]:
     torch.manual_seed(0)
     ks = args.num_modules or [None]
     pairs = [(c, k) for c in args.configs for k in (ks if c != "e2e" else [None])]
-    models = [build(args.model, c, k, args.img_size, args.num_classes, device) for c, k in pairs]
+    try:
+        models = [
+            build(args.model, c, k, args.img_size, args.num_classes, device) for c, k in pairs
+        ]
+    except ValueError as error:  # a K the model cannot be split into, a HiLo longer than K
+        raise SystemExit(f"error: {error}") from None
     x, y = example_batch(models[0], args.batch_size, args.img_size, device)
     configs = [c for c, _ in pairs]
     if args.command == "speed":
+        _progress(f"timing {len(models)} configurations, {args.repetitions} interleaved steps each")
         return speed_measurements(configs, models, x, y, args.repetitions)
-    rss = [
-        rss_growth_bytes(args.model, c, k, args.img_size, args.num_classes, args.batch_size)
-        if device.type == "cpu" and args.rss
-        else None
-        for c, k in pairs
-    ]
-    memory = [measure_memory(m, c, x, y, r) for c, m, r in zip(configs, models, rss)]
+    rss_on = device.type == "cpu" and args.rss
+    memory = []
+    for i, ((config, k), model) in enumerate(zip(pairs, models), 1):
+        then = ": step peak, then RSS growth in a fresh process" if rss_on else ""
+        k_text = "" if config.startswith("e2e") else f" (K={model.num_modules})"
+        _progress(f"[{i}/{len(pairs)}] memory of {config}{k_text}{then}")
+        rss = (
+            rss_growth_bytes(
+                args.model, config, k, args.img_size, args.num_classes, args.batch_size
+            )
+            if rss_on
+            else None
+        )
+        memory.append(measure_memory(model, config, x, y, rss))
     if args.command == "memory":
         return memory
+    _progress(f"timing {len(models)} configurations, {args.repetitions} interleaved steps each")
     speed = speed_measurements(configs, models, x, y, args.repetitions)
     return [
         replace(s, peak_mib=m.peak_mib, static_mib=m.static_mib, rss_mib=m.rss_mib)
         for m, s in zip(memory, speed)
     ]
+
+
+def _progress(line: str) -> None:
+    """A line on stderr while a measurement runs (minutes each): the table comes on stdout."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _write_steps(args: argparse.Namespace, results: list[StepMeasurement], table: str) -> None:

@@ -29,6 +29,7 @@ import torch
 
 from ..aux.arch import AUX_PRESET_NAMES
 from ..aux.base import PFF_SCOPES
+from ..choices import closest, unknown_name
 from ..local import METHODS, LocalModel
 from ..measure import MemoryMeter, example_batch, step_flops, step_peak_bytes
 from ..planner import static_bytes
@@ -42,6 +43,7 @@ __all__ = [
     "steps_table",
 ]
 
+PLUGINS = ("hilo", "pff", "hpff", "ckpt")
 DEFAULT_CONFIGS = ("e2e", "infopro", "infopro+hilo", "infopro+pff", "infopro+hpff")
 
 
@@ -55,10 +57,14 @@ def model_kwargs(config: str) -> dict[str, object]:
     config, *options = config.split(":")
     method, *plugins = config.split("+")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} in {config!r}; choose from {list(METHODS)}")
-    unknown = set(plugins) - {"hilo", "pff", "hpff", "ckpt"}
+        raise ValueError(f"{unknown_name('method', method, METHODS)} in {config!r}")
+    unknown = set(plugins) - set(PLUGINS)
+    if unknown:
+        raise ValueError(
+            f"bad configuration {config!r}: {unknown_name('plug-in', min(unknown), PLUGINS)}"
+        )
     local_plugins = set(plugins) - {"ckpt"}
-    if unknown or (method == "e2e" and local_plugins) or ("ckpt" in plugins and method != "e2e"):
+    if (method == "e2e" and local_plugins) or ("ckpt" in plugins and method != "e2e"):
         raise ValueError(
             f"bad configuration {config!r}: plug-ins are hilo, pff or hpff for local methods, "
             "ckpt (activation checkpointing) for e2e"
@@ -75,8 +81,10 @@ def model_kwargs(config: str) -> dict[str, object]:
             try:
                 kwargs["aux_budget"] = float(option)
             except ValueError:
+                near = closest(option, (*AUX_PRESET_NAMES, *PFF_SCOPES))
+                hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
                 raise ValueError(
-                    f"bad option {option!r} in {config!r}: an aux preset "
+                    f"bad option {option!r} in {config!r}: {hint}an aux preset "
                     f"({', '.join(AUX_PRESET_NAMES)}), a PFF scope ({', '.join(PFF_SCOPES)}) "
                     "or an aux budget (a number)"
                 ) from None

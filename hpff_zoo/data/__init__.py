@@ -7,7 +7,15 @@ test ``datasets.Dataset`` splits with ``image`` and ``label`` columns; ``resolve
 and is not imported by the core library.
 """
 
-from .formats import DatasetError, detect_layout, load_local, read_cifar, read_idx, read_idx_file
+from .formats import (
+    DatasetError,
+    detect_layout,
+    load_local,
+    read_cifar,
+    read_idx,
+    read_idx_file,
+    smallest_image_size,
+)
 from .sources import (
     EMBEDDED,
     KNOWN_DATASETS,
@@ -40,4 +48,5 @@ __all__ = [
     "read_idx",
     "read_idx_file",
     "resolve_data_config",
+    "smallest_image_size",
 ]

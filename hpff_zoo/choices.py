@@ -1,0 +1,74 @@
+"""One way to refuse a name that is not one of the valid ones: say which, and the closest.
+
+Every entry point (the ``hpff_*`` models, :func:`hpff_zoo.from_timm`, the benchmark, hub and
+planner command lines) refuses a misspelt method, preset, model or configuration name in the
+same one line, so that a user who typed ``dlg`` reads ``did you mean 'dgl'?`` instead of a list
+to scan or an error from deep inside the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["closest", "hpff_model", "one_of", "positive_int", "unknown_name"]
+
+
+def closest(name: object, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``candidates`` nearest to ``name`` (case-insensitive), best first."""
+    candidates = list(candidates)
+    by_lower = {c.lower(): c for c in candidates}
+    matches = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[m] for m in matches]
+
+
+def unknown_name(what: str, name: object, candidates: Iterable[str], listed: int = 12) -> str:
+    """``unknown WHAT 'name'; did you mean ...?`` with the valid names when they are few.
+
+    ``listed`` caps the valid names spelled out (timm has over a thousand models: those get
+    only the closest ones).
+    """
+    candidates = sorted(set(candidates))
+    near = closest(name, candidates)
+    message = f"unknown {what} {name!r}"
+    if near:
+        message += f"; did you mean {' or '.join(repr(c) for c in near)}?"
+    if len(candidates) <= listed:
+        message += f" (choose from {', '.join(candidates)})"
+    return message
+
+
+# --- argparse types: a bad flag value is argparse's one usage line, before any work ----------
+
+
+def positive_int(text: str) -> int:
+    """``type=`` of a count flag (batch size, K, resolution, classes, repetitions)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def hpff_model(text: str) -> str:
+    """``type=`` of a ``--model`` flag that builds an ``hpff_*`` model with local options."""
+    import timm
+
+    names = timm.list_models("hpff_*")
+    if text not in names:
+        other = "; wrap other timm models with hpff_zoo.from_timm" if timm.is_model(text) else ""
+        raise argparse.ArgumentTypeError(unknown_name("hpff_* model", text, names) + other)
+    return text
+
+
+def one_of(what: str, names: Iterable[str]):
+    """``type=`` of a flag that takes one of ``names``, refused with the closest ones."""
+    names = tuple(names)
+
+    def check(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(unknown_name(what, text, names))
+        return text
+
+    check.__name__ = what.replace(" ", "_")
+    return check
