@@ -46,7 +46,7 @@ from hpff_zoo.data import (
     load_image_classification,
     resolve_data_config,
 )
-from hpff_zoo.models import HPFF_MODELS, TAGS
+from hpff_zoo.models import HPFF_MODELS, TAGS, TIMM_BACKBONES
 from hpff_zoo.planner import format_bytes, parse_bytes
 from hpff_zoo.training import (
     CheckpointManager,
@@ -484,8 +484,8 @@ def check_model_name(parser: RecipeParser, name: str, flag: str) -> None:
         return
     architecture, _, tag = name.partition(".")
     if architecture in HPFF_MODELS and tag:
-        if name not in TAGS:
-            own = [t for t in TAGS if t.startswith(f"{architecture}.")]
+        if name not in (tags := [*TIMM_BACKBONES, *TAGS]):
+            own = [t for t in tags if t.startswith(f"{architecture}.")]
             parser.error(f"{flag} {name}: no such tag{_suggest(name, own)} Tags of "
                          f"{architecture}: {', '.join(own) or 'none'}")  # fmt: skip
     elif not timm.is_model(name):
