@@ -26,7 +26,8 @@ from huggingface_hub import EvalResult, ModelCardData
 from .local import LocalModel
 from .measure import step_flops
 from .models import tags
-from .models.tags import DATASETS, PAPERS, TAGS, Dataset, Paper, TagSpec
+from .models.hpff import HPFF_MODELS
+from .models.tags import DATASETS, PAPERS, TAGS, Dataset, Paper, TagSpec, TimmBackbone
 
 __all__ = [
     "QUICK_EVAL_IMAGES",
@@ -37,6 +38,7 @@ __all__ = [
     "describe_hardware",
     "estimate_compute",
     "render_card",
+    "render_timm_backbone_card",
 ]
 
 ASSUMED_TFLOPS = 50.0  # sustained throughput the GPU-hour estimate assumes (stated in the card)
@@ -495,4 +497,109 @@ def render_card(
         body=_results(facts, record) if record else _plan(spec, estimate),
         usage=usage.rstrip("\n"),
         citations="\n\n".join(f"```bibtex\n{p.bibtex}\n```" for p in facts.papers),
+    )
+
+
+# --- timm-backbone tags ------------------------------------------------------------------------
+
+_TIMM_CARD = Template("""\
+---
+$front_matter
+---
+# $name
+
+`$base` with timm's own ImageNet weights
+([$hf_hub_id](https://huggingface.co/$hf_hub_id)), wrapped for local learning by hpff-zoo. The
+backbone was trained end to end by timm; the auxiliary networks are untrained (fresh). A starting
+point for local fine-tuning and segmentation transfer, **not an HPFF-trained ImageNet model**:
+$planned
+
+| | |
+|---|---|
+| Model | `$arch` (its default tag), the weights of the plain timm model `$base` |
+| Parameters | $params M (the plain backbone; auxiliary networks are training-only) |
+| Backbone weights | [$hf_hub_id](https://huggingface.co/$hf_hub_id), trained end to end by timm |
+| Why these | $why |
+| Auxiliary networks | untrained: fresh, for the setting built ($setting by default) |
+| Input | $input_line |
+| License | $license (timm's, for these weights) |
+
+## Use
+
+```python
+import timm
+import torch
+from PIL import Image
+
+import hpff_zoo  # registers the hpff_* models with timm
+
+# timm's file, downloaded once into the Hub cache (HF_HUB_OFFLINE=1: the cache only).
+model = timm.create_model("$name", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+image = Image.open("image.png").convert("RGB")
+with torch.no_grad():
+    logits = model(transform(image).unsqueeze(0))
+
+# The same file in timm's own $base, without hpff_zoo's wrapper: the same outputs.
+plain = timm.create_model("$timm_name", pretrained=True).eval()
+with torch.no_grad():
+    plain_logits = plain(transform(image).unsqueeze(0))
+# Local fine-tuning on N classes (fresh head and auxiliaries): num_classes=N, method=..., ...
+# Features for detection / segmentation: features_only=True
+```
+
+Local fine-tuning and segmentation transfer from these weights:
+
+```bash
+python recipes/finetune.py --init $name --dataset /data/images --method $method \\
+    --num-modules $num_modules --hilo 2 --pff 2
+$segmentation
+```
+""")
+
+
+def render_timm_backbone_card(backbone: TimmBackbone, planned: list[str]) -> str:
+    """The README.md of a timm-backbone tag: where its weights come from and what they are not.
+
+    Args:
+        backbone: the tag.
+        planned: the HPFF-trained tags of the same architecture (planned or trained here).
+    """
+    cfg = backbone.pretrained_cfg()
+    plain = timm.create_model(backbone.base, device="meta")
+    defaults = HPFF_MODELS[backbone.arch][1]
+    method, num_modules = defaults["method"], defaults["num_modules"]
+    listed = ", ".join(f"`{name}`" for name in planned) or "none yet"
+    segmentation = (
+        f"python recipes/segmentation.py train CONFIG --backbone-checkpoint {backbone.name}"
+        if backbone.base.startswith("resnet")
+        else "# segmentation transfer (--backbone-checkpoint) reads timm ResNets only"
+    )
+    front_matter = ModelCardData(
+        library_name="timm",
+        license=cfg["license"],
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "hpff-zoo", "local-learning"],
+        datasets=[DATASETS["in1k"].hub_id],
+        base_model=backbone.hf_hub_id,
+        model_name=backbone.name,
+    ).to_yaml()
+    return _TIMM_CARD.substitute(
+        front_matter=front_matter.strip(),
+        name=backbone.name,
+        arch=backbone.arch,
+        base=backbone.base,
+        timm_name=backbone.timm_name,
+        hf_hub_id=backbone.hf_hub_id,
+        planned=f"this architecture's HPFF-trained ImageNet tags ({listed}) are planned; their "
+        "cards give the training command and its compute estimate.",
+        params=f"{sum(p.numel() for p in plain.parameters()) / 1e6:.2f}",
+        why=backbone.why,
+        setting=f"{method}, K={num_modules}, HiLo cascade size 2, PFF 2×2",
+        method=method,
+        num_modules=num_modules,
+        input_line=f"{'×'.join(map(str, cfg['input_size']))}, mean {cfg['mean']}, std "
+        f"{cfg['std']}, {cfg['interpolation']}, crop {cfg['crop_pct']}",
+        license=cfg["license"],
+        segmentation=segmentation,
     )

@@ -46,12 +46,18 @@ from safetensors import SafetensorError
 from timm.models._hub import save_config_for_hf
 
 from . import __version__
-from .cards import RunRecord, card_facts, estimate_compute, render_card
+from .cards import (
+    RunRecord,
+    card_facts,
+    estimate_compute,
+    render_card,
+    render_timm_backbone_card,
+)
 from .local import LocalModel, from_timm
 from .models import tags
 from .models.hpff import HPFF_MODELS, LOCAL_KWARGS
 from .models.pretrained import HUB_ERRORS, shipped_dir, shipped_folder
-from .models.tags import TAGS, TagSpec
+from .models.tags import TAGS, TIMM_BACKBONES, TagSpec
 
 __all__ = [
     "describe_training",
@@ -507,12 +513,19 @@ def write_catalogue_cards(
     """(Re)write ``<out_dir>/<tag>/README.md`` for catalogue tags.
 
     A tag whose folder holds weights and ``run.json`` gets its trained card re-rendered from
-    them; any other tag gets a planned card with the training command and a compute estimate.
+    them, a timm-backbone tag a card saying whose weights it loads and what they are not; any
+    other tag gets a planned card with the training command and a compute estimate.
     """
     written = []
-    for name in names or list(TAGS):
+    for name in names or [*TIMM_BACKBONES, *TAGS]:
+        if name in TIMM_BACKBONES:
+            backbone = TIMM_BACKBONES[name]
+            planned = [n for n, s in TAGS.items() if s.arch == backbone.arch]
+            written.append(_write_card(out_dir, name, render_timm_backbone_card(backbone, planned)))
+            continue
         if name not in TAGS:
-            raise ValueError(f"unknown tag {name!r}; catalogue tags: {', '.join(TAGS)}")
+            known = ", ".join([*TIMM_BACKBONES, *TAGS])
+            raise ValueError(f"unknown tag {name!r}; catalogue tags: {known}")
         spec, folder = TAGS[name], Path(out_dir) / name
         if (folder / WEIGHTS_FILE).is_file() and (folder / RECORD_FILE).is_file():
             record = RunRecord.load(folder / RECORD_FILE)
@@ -524,10 +537,15 @@ def write_catalogue_cards(
             facts = card_facts(model, name, spec.dataset.key, spec.hf_hub_id)
             cost = estimate_compute(spec, model) if estimate else None
             card = render_card(facts, spec=spec, estimate=cost)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CARD_FILE).write_text(card)
-        written.append(folder / CARD_FILE)
+        written.append(_write_card(out_dir, name, card))
     return written
+
+
+def _write_card(out_dir: str | Path, name: str, card: str) -> Path:
+    path = Path(out_dir) / name / CARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(card)
+    return path
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -601,8 +619,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    """One row per tag: name, description, where its weights are; columns as wide as needed."""
+    """One row per tag: name, description, where its weights are; columns as wide as needed.
+
+    The timm-backbone tags come first: they are the ImageNet models' default tags."""
     rows = [("tag", "description", "weights")]
+    for name, backbone in TIMM_BACKBONES.items():
+        rows.append((name, backbone.description, f"timm's hub:{backbone.hf_hub_id}"))
     for name, spec in TAGS.items():
         where = [f"hub:{spec.hf_hub_id}"] if name in tags.HUB_PUBLISHED else []
         if shipped_folder(name):

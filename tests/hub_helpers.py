@@ -11,13 +11,14 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import safetensors.torch
 import timm
 import torch
 from huggingface_hub.file_download import repo_folder_name
 
 from hpff_zoo import hub
 from hpff_zoo.cards import RunRecord
-from hpff_zoo.models import pretrained
+from hpff_zoo.models import TimmBackbone, pretrained
 
 from .helpers import batch
 
@@ -45,12 +46,16 @@ def exported_fixture(tmp_path_factory):
     return exported_e2e(tmp_path_factory.mktemp("e2e"))
 
 
-def populate_cache(cache: Path, repo_id: str, folder: Path) -> Path:
-    """Lay ``folder``'s files out as the Hub cache does after a download of ``repo_id``."""
+def populate_cache(cache: Path, repo_id: str, folder: Path | None) -> Path:
+    """Lay ``folder``'s files (None: an empty snapshot to write into) out as the Hub cache does
+    after a download of ``repo_id``."""
     repo = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(SNAPSHOT)
-    shutil.copytree(folder, repo / "snapshots" / SNAPSHOT)
+    if folder is None:
+        (repo / "snapshots" / SNAPSHOT).mkdir(parents=True)
+    else:
+        shutil.copytree(folder, repo / "snapshots" / SNAPSHOT)
     return repo
 
 
@@ -90,3 +95,16 @@ def exported_e2e(root: Path):
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(x)
+
+
+def cache_timm_weights(cache: Path, backbone: TimmBackbone, seed: int = 0) -> dict:
+    """Put a freshly initialised ``backbone.base`` in the Hub cache as timm's repository of
+    ``backbone`` holds it (``model.safetensors``); returns the saved state dict.
+
+    Made-up weights with the real file layout: timm's loader and huggingface_hub's cache lookup
+    (``HF_HUB_OFFLINE``) read it exactly as they read a download of the real repository."""
+    torch.manual_seed(seed)
+    state = timm.create_model(backbone.base).state_dict()
+    repo = populate_cache(cache, backbone.hf_hub_id, None)
+    safetensors.torch.save_file(state, repo / "snapshots" / SNAPSHOT / "model.safetensors")
+    return state

@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpff_zoo.cards import card_facts, estimate_compute, render_card
-from hpff_zoo.models import HPFF_MODELS, HUB_ORG, TAGS, available_tags
+from hpff_zoo.models import HPFF_MODELS, HUB_ORG, TAGS, TIMM_BACKBONES, available_tags
 
 from .hub_helpers import TAG, record
 
@@ -36,10 +36,16 @@ def test_every_tag_has_a_complete_timm_pretrained_cfg(name):
 
 
 def test_every_model_has_tags_and_keeps_its_paper_default():
+    """The default tag is timm's weights for an ImageNet model (no setting of its own: the
+    paper's default applies), the paper's main run for a CIFAR one."""
     for arch, (_, defaults) in HPFF_MODELS.items():
-        default = timm.models.get_pretrained_cfg(arch)
-        spec = TAGS[f"{arch}.{default.tag}"]
-        assert (spec.method, spec.num_modules) == (defaults["method"], defaults["num_modules"])
+        name = f"{arch}.{timm.models.get_pretrained_cfg(arch).tag}"
+        if name in TIMM_BACKBONES:
+            assert TIMM_BACKBONES[name].model_kwargs() == {}
+        else:
+            spec = TAGS[name]
+            assert (spec.method, spec.num_modules) == (defaults["method"], defaults["num_modules"])
+        assert any(s.arch == arch for s in TAGS.values())  # the HPFF-trained tags stay
     assert timm.models.get_pretrained_cfg("hpff_resnet32").input_size == (3, 32, 32)
 
 

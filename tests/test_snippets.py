@@ -21,8 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hpff_zoo.models import TAGS
+from hpff_zoo.models import TAGS, TIMM_BACKBONES
 
+from .hub_helpers import cache_timm_weights, offline_hub
 from .recipe_helpers import check, recipe_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,20 +79,32 @@ def offline(monkeypatch):
 
 
 def test_every_catalogue_tag_has_a_card():
-    assert {card.parent.name for card in CARDS} == set(TAGS)
+    assert {card.parent.name for card in CARDS} == {*TAGS, *TIMM_BACKBONES}
 
 
-@pytest.mark.parametrize("card", CARDS, ids=[card.parent.name for card in CARDS])
+def _card_param(card: Path):
+    """A timm-backbone card builds a 224-px model (minutes on CPU): slow."""
+    slow = card.parent.name in TIMM_BACKBONES
+    return pytest.param(card, id=card.parent.name, marks=pytest.mark.slow if slow else ())
+
+
+@pytest.mark.parametrize("card", [_card_param(card) for card in CARDS])
 def test_card_code_runs_as_written(card, tmp_path, monkeypatch, offline):
     folder = tmp_path / card.parent.name
     shutil.copytree(card.parent, folder)
+    name = card.parent.name
+    if name in TIMM_BACKBONES:  # timm's file, from a Hub cache built here (fresh weights)
+        offline_hub(monkeypatch, tmp_path)
+        cache_timm_weights(tmp_path / "hf-cache", TIMM_BACKBONES[name])
+    num_classes = (TAGS[name].dataset.num_classes if name in TAGS
+                   else TIMM_BACKBONES[name].timm_cfg["num_classes"])  # fmt: skip
     pixels = torch.randint(0, 256, (40, 48, 3), generator=torch.Generator().manual_seed(0))
     Image.fromarray(pixels.to(torch.uint8).numpy(), mode="RGB").save(folder / "image.png")
     monkeypatch.chdir(folder)
 
     namespace = run_blocks(python_blocks(card.read_text()), str(card))
 
-    assert namespace["logits"].shape == (1, TAGS[card.parent.name].dataset.num_classes)
+    assert namespace["logits"].shape == (1, num_classes)
     if "plain_logits" in namespace:  # same weights, same preprocessing, without hpff_zoo's model
         torch.testing.assert_close(namespace["plain_logits"], namespace["logits"])
 

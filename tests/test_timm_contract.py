@@ -15,7 +15,7 @@ from timm.models import FeatureInfo
 from timm.models._manipulate import group_parameters
 from timm.optim import create_optimizer_v2
 
-from hpff_zoo.models import PretrainedWeightsError, available_tags
+from hpff_zoo.models import TIMM_BACKBONES, PretrainedWeightsError, available_tags
 
 from .helpers import batch
 
@@ -184,8 +184,10 @@ def test_a_local_model_builds_on_the_meta_device():
 
 def test_list_pretrained_is_exactly_the_tags_that_load():
     listed = timm.list_pretrained("hpff*")
-    assert listed and listed == available_tags()
-    for name in listed:
+    assert listed and sorted(listed) == available_tags()
+    # timm's own weights load from a Hub cache (test_timm_backbones.py builds one); these are
+    # hpff-zoo's, shipped with this checkout.
+    for name in sorted(set(listed) - set(TIMM_BACKBONES)):
         headless = timm.create_model(name, pretrained=True, num_classes=0).eval()
         in_chans, height, width = headless.pretrained_cfg["input_size"]
         with torch.no_grad():
@@ -208,7 +210,7 @@ def test_timm_validate_on_a_grayscale_image_folder_gives_the_one_channel_logits(
     from PIL import Image
     from timm.data import create_dataset, create_loader, resolve_data_config
 
-    tag = available_tags()[0]
+    tag = sorted(set(available_tags()) - set(TIMM_BACKBONES))[0]  # a shipped 1-channel tag
     generator = torch.Generator().manual_seed(0)
     for label in ("a", "b"):
         (tmp_path / label).mkdir()

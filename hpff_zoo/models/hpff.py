@@ -25,7 +25,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..local import LocalModel, with_default_aux
 from .pretrained import available_tags, filter_checkpoint, load_with_fallback
-from .tags import TAGS
+from .tags import TAGS, TIMM_BACKBONES
 
 __all__ = ["HPFF_MODELS", "LOCAL_KWARGS", "backbone_cfg", "with_channels"]
 
@@ -49,21 +49,26 @@ _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "
 
 
 def _registry_cfgs() -> dict[str, DefaultCfg]:
-    """timm's per-architecture cfgs of every tag, in catalogue order.
+    """timm's per-architecture cfgs of every tag: timm-backbone tags first, then the catalogue.
 
-    A tag gets a weights location only where weights exist (at import: published, or shipped in
-    model_cards/), so that ``timm.list_pretrained("hpff*")`` lists exactly the tags that load.
-    Built directly rather than with ``generate_default_cfgs``, which would make the first tag
-    *with weights* the architecture's default: ``timm.create_model("hpff_resnet32")`` would turn
-    into a 1-channel Fashion-MNIST model instead of the paper's CIFAR-10 setting.
+    The first tag is the architecture's default: for an ImageNet model its timm-backbone tag, so
+    that ``timm.create_model("hpff_resnet101", pretrained=True)`` loads timm's weights; for a
+    CIFAR model the paper's main setting. A catalogue tag gets a weights location only where
+    weights exist (at import: published, or shipped in model_cards/), so that
+    ``timm.list_pretrained("hpff*")`` lists exactly the tags that load. Built directly rather
+    than with ``generate_default_cfgs``, which would make the first tag *with weights* the
+    default: ``timm.create_model("hpff_resnet32")`` would turn into a 1-channel Fashion-MNIST
+    model instead of the paper's CIFAR-10 setting.
     """
     have = set(available_tags())
+    cfgs = [(b.arch, b.tag, b.pretrained_cfg(), True) for b in TIMM_BACKBONES.values()]
+    cfgs += [(s.arch, s.tag, s.pretrained_cfg(n in have), n in have) for n, s in TAGS.items()]
     out: dict[str, DefaultCfg] = {}
-    for name, spec in TAGS.items():
-        entry = out.setdefault(spec.arch, DefaultCfg())
-        entry.tags.append(name.split(".", 1)[1])
-        entry.cfgs[entry.tags[-1]] = PretrainedCfg(**spec.pretrained_cfg(name in have))
-        entry.is_pretrained |= name in have
+    for arch, tag, cfg, has_weights in cfgs:
+        entry = out.setdefault(arch, DefaultCfg())
+        entry.tags.append(tag)
+        entry.cfgs[tag] = PretrainedCfg(**cfg)
+        entry.is_pretrained |= has_weights
     return out
 
 
@@ -142,7 +147,7 @@ def _create(
     **kwargs: Any,
 ):
     cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
-    spec = TAGS.get(f"{name}.{cfg.get('tag')}")
+    spec = TAGS.get(f"{name}.{cfg.get('tag')}") or TIMM_BACKBONES.get(f"{name}.{cfg.get('tag')}")
     base, defaults = HPFF_MODELS[name]
     settings = {**HPFF_DEFAULTS, **defaults, **(spec.model_kwargs() if spec else {})}
     for key, value in settings.items():

@@ -8,6 +8,9 @@ source timm is pointed at and checks what comes back:
   and from its shipped folder ``model_cards/<tag>/`` when it is not, or when the Hub cannot be
   reached and the file is not cached; a tag with neither fails with an error naming the tags that
   have weights — never random weights;
+* a timm-backbone tag (:data:`tags.TIMM_BACKBONES`) is loaded from timm's own Hub repo; the file
+  is fetched (or found in the cache) before the model is built, so that a user offline without a
+  cached copy gets one line naming the repository and the knobs at once, not after minutes;
 * a source the user names (``hf-hub:``, ``local-dir:``, ``pretrained_cfg_overlay=dict(file=...)``)
   is used as given;
 * weights are read from safetensors only: a pickle file (``.bin``, ``.pth``, ...) is refused
@@ -25,12 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from . import tags
-from .tags import TAGS, WEIGHTS_FILE
+from .tags import TAGS, TIMM_BACKBONES, WEIGHTS_FILE
 
 __all__ = [
     "SHIPPED_DIR_ENV",
@@ -68,8 +72,10 @@ def shipped_folder(name: str) -> Path | None:
 
 
 def available_tags() -> list[str]:
-    """Tags with weights: published on the Hub or shipped with this checkout."""
-    return sorted(name for name in TAGS if name in tags.HUB_PUBLISHED or shipped_folder(name))
+    """Tags with weights: published on the Hub, shipped with this checkout, or timm's own
+    weights of the backbone (:data:`tags.TIMM_BACKBONES`)."""
+    own = [name for name in TAGS if name in tags.HUB_PUBLISHED or shipped_folder(name)]
+    return sorted([*own, *TIMM_BACKBONES])
 
 
 def _no_weights_message(name: str) -> str:
@@ -88,7 +94,8 @@ def _no_weights_message(name: str) -> str:
 def _is_registry_source(cfg: dict[str, Any]) -> bool:
     """True when ``cfg`` is its tag's registry cfg: its own Hub repo, or no weights location
     (a tag registered before its weights were published or shipped), and nothing else."""
-    spec = TAGS.get(f"{cfg.get('architecture')}.{cfg.get('tag')}")
+    name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
+    spec = TAGS.get(name) or TIMM_BACKBONES.get(name)
     return (
         spec is not None
         and not cfg.get("source")
@@ -162,6 +169,9 @@ def load_with_fallback(
             raise PretrainedWeightsError(_no_weights_message(cfg.get("architecture", "model")))
         return _build_checked(build, _safe_source(cfg, allow_pickle))
     name = f"{cfg['architecture']}.{cfg['tag']}"
+    if name in TIMM_BACKBONES:
+        _fetch_timm_weights(name)
+        return _build_checked(build, _safe_source(cfg, allow_pickle))
     cfg = {**cfg, "hf_hub_id": TAGS[name].hf_hub_id, "hf_hub_filename": WEIGHTS_FILE}
     shipped = shipped_folder(name)
     if name in tags.HUB_PUBLISHED:
@@ -177,6 +187,23 @@ def load_with_fallback(
     elif shipped is None:
         raise PretrainedWeightsError(_no_weights_message(name))
     return _build_checked(build, {**cfg, "file": str(shipped / WEIGHTS_FILE)})
+
+
+def _fetch_timm_weights(name: str) -> None:
+    """Download (or find in the Hub cache) the timm weights of ``name``, as timm's own loader
+    does next with the same call, so that a missing file fails before the model is built."""
+    repo = TIMM_BACKBONES[name].hf_hub_id
+    try:
+        hf_hub_download(repo, WEIGHTS_FILE)
+    except HUB_ERRORS as err:
+        offline = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "no network"
+        raise PretrainedWeightsError(
+            f"{name} loads timm's weights from the Hub repository {repo} ({WEIGHTS_FILE}), which "
+            f"is not in the Hub cache ({constants.HF_HUB_CACHE}) and cannot be downloaded "
+            f"({offline}: {type(err).__name__}). Download it once with network access (unset "
+            "HF_HUB_OFFLINE), point HF_HUB_CACHE or HF_HOME at a cache that holds it, or pass "
+            "pretrained_cfg_overlay=dict(file='<path>/model.safetensors')"
+        ) from err
 
 
 # --- the checkpoint ---------------------------------------------------------------------------

@@ -11,6 +11,13 @@ comes back in the setting it was trained in), the planned schedule, and the Hub 
 Which tags actually have weights is not a property of the spec: :data:`HUB_PUBLISHED` lists the
 tags uploaded to the Hub, and a tag whose Hub-ready folder ships in ``model_cards/<tag>/`` has
 weights too (see :mod:`hpff_zoo.models.pretrained`).
+
+:data:`TIMM_BACKBONES` is the other kind of tag: no hpff-zoo run at all, but timm's own published
+ImageNet weights for the plain backbone (``hpff_resnet101.a1h_in1k`` reads
+``timm/resnet101.a1h_in1k``), with untrained auxiliary networks. They are the ImageNet models'
+default tags, so that ``timm.create_model("hpff_resnet101", pretrained=True)`` works wherever
+timm's own ``resnet101`` pretrained call does, as a starting point for local fine-tuning and
+segmentation transfer, while the HPFF-trained ImageNet tags above stay planned.
 """
 
 from __future__ import annotations
@@ -24,7 +31,18 @@ from timm.models import get_pretrained_cfg
 
 from ..local import DEFAULT_AUX
 
-__all__ = ["DATASETS", "HUB_ORG", "HUB_PUBLISHED", "PAPERS", "TAGS", "Dataset", "Paper", "TagSpec"]
+__all__ = [
+    "DATASETS",
+    "HUB_ORG",
+    "HUB_PUBLISHED",
+    "PAPERS",
+    "TAGS",
+    "TIMM_BACKBONES",
+    "Dataset",
+    "Paper",
+    "TagSpec",
+    "TimmBackbone",
+]
 
 HUB_ORG = "hpff-zoo"
 WEIGHTS_FILE = "model.safetensors"
@@ -302,3 +320,110 @@ _CATALOGUE = (
     _spec("hpff_vit_base_patch16_224", "vit_base_patch16_224", "in1k", "dgl", 12, True, 90),
 )
 TAGS: dict[str, TagSpec] = {spec.name: spec for spec in _CATALOGUE}
+
+
+# The pretrained-cfg fields a timm-backbone tag takes over from timm's own cfg of those weights:
+# where they are and the preprocessing they were trained with. Not ``url``: timm would prefer a
+# legacy torch.hub download (a pickle file) over the Hub whenever one is cached.
+_TIMM_CFG_FIELDS = (
+    "hf_hub_id", "input_size", "test_input_size", "fixed_input_size", "min_input_size",
+    "interpolation", "crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "num_classes",
+    "pool_size", "license", "origin_url", "paper_ids", "paper_name",
+)  # fmt: skip
+_HONEST = (
+    "backbone trained end to end by timm, auxiliary networks untrained: a starting point for "
+    "local fine-tuning and segmentation transfer, not an HPFF-trained ImageNet model"
+)
+
+
+@dataclass(frozen=True)
+class TimmBackbone:
+    """A tag whose backbone weights are timm's own published weights for the plain model.
+
+    No hpff-zoo run made them: timm loads ``timm/<base>.<tag>`` from the Hub (its cache,
+    ``HF_HUB_OFFLINE``, ``pretrained_cfg_overlay``) strictly into ``model.backbone``, and the
+    auxiliary networks keep their fresh initialisation. The local-learning setting is the
+    architecture's paper default unless the caller passes another one.
+
+    Attributes:
+        arch: the hpff_* model name.
+        base: the plain timm model.
+        tag: timm's pretrained tag of ``base`` (it names the hpff tag too).
+        why: why these weights were chosen among timm's tags for ``base`` (the card says it).
+    """
+
+    arch: str
+    base: str
+    tag: str
+    why: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}.{self.tag}"
+
+    @property
+    def timm_name(self) -> str:
+        return f"{self.base}.{self.tag}"
+
+    @property
+    def timm_cfg(self) -> dict[str, Any]:
+        return get_pretrained_cfg(self.timm_name).to_dict()
+
+    @property
+    def hf_hub_id(self) -> str:
+        return self.timm_cfg["hf_hub_id"]
+
+    @property
+    def description(self) -> str:
+        return f"{self.base} with timm's {self.hf_hub_id} ImageNet weights; {_HONEST}"
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """None: timm's weights fix no local-learning setting."""
+        return {}
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's cfg of the weights, with the head names under ``backbone.``."""
+        timm_cfg = self.timm_cfg
+        cfg = {key: timm_cfg[key] for key in _TIMM_CFG_FIELDS if timm_cfg.get(key) is not None}
+        return dict(
+            cfg,
+            hf_hub_filename=WEIGHTS_FILE,
+            first_conv=f"backbone.{timm_cfg['first_conv']}",
+            classifier=f"backbone.{timm_cfg['classifier']}",
+            description=self.description,
+        )
+
+
+_DEFAULT = "timm's default weights for {base} (timm.create_model('{base}', pretrained=True))"
+TIMM_BACKBONES: dict[str, TimmBackbone] = {
+    b.name: b
+    for b in (
+        TimmBackbone(
+            "hpff_resnet101", "resnet101", "a1h_in1k",
+            _DEFAULT.format(base="resnet101") + ", ResNet Strikes Back procedure A1h, "
+            "ImageNet-1k only, apache-2.0",
+        ),
+        TimmBackbone(
+            "hpff_resnet152", "resnet152", "a1h_in1k",
+            _DEFAULT.format(base="resnet152") + ", ResNet Strikes Back procedure A1h, "
+            "ImageNet-1k only, apache-2.0",
+        ),
+        TimmBackbone(
+            "hpff_resnext101_32x8d", "resnext101_32x8d", "tv_in1k",
+            _DEFAULT.format(base="resnext101_32x8d") + ": torchvision's ImageNet-1k weights at "
+            "the paper's 224 px, bsd-3-clause; the fb_wsl/fb_swsl/fb_ssl weights saw "
+            "Instagram/YFCC data and are non-commercial (cc-by-nc-4.0), tv2_in1k trains at "
+            "176 px",
+        ),
+        TimmBackbone(
+            "hpff_vgg13", "vgg13", "tv_in1k",
+            _DEFAULT.format(base="vgg13") + " and its only ImageNet weights: torchvision's, "
+            "bsd-3-clause",
+        ),
+        TimmBackbone(
+            "hpff_vit_base_patch16_224", "vit_base_patch16_224", "augreg2_in21k_ft_in1k",
+            _DEFAULT.format(base="vit_base_patch16_224") + ": AugReg ImageNet-21k pretraining "
+            "fine-tuned on ImageNet-1k, apache-2.0",
+        ),
+    )
+}  # fmt: skip

@@ -31,6 +31,8 @@ from mmengine.logging import print_log
 from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import Tensor, nn
 
+from ..models.tags import TIMM_BACKBONES
+
 __all__ = [
     "TransferReport",
     "backbone_overrides",
@@ -64,9 +66,11 @@ def load_hpff_state_dict(source: str | Path) -> dict[str, Tensor]:
     """The timm backbone's state dict from an hpff_zoo export, a weights file, or a Hub id.
 
     ``source`` is a directory written by ``timm.models.save_for_hf`` (``model.safetensors`` or
-    ``pytorch_model.bin``), a ``.safetensors``/``.pth``/``.bin`` file, or a Hugging Face Hub id
-    (``hf-hub:org/name`` or ``org/name``). An hpff_zoo model's keys (``backbone.``, ``aux.``) are
-    reduced to the backbone's; a plain timm state dict is taken as it is.
+    ``pytorch_model.bin``), a ``.safetensors``/``.pth``/``.bin`` file, a Hugging Face Hub id
+    (``hf-hub:org/name`` or ``org/name``), or a timm-backbone tag (``hpff_resnet101.a1h_in1k``:
+    timm's repository of those weights, through the same Hub cache). An hpff_zoo model's keys
+    (``backbone.``, ``aux.``) are reduced to the backbone's; a plain timm state dict is taken as
+    it is.
     """
     path = Path(str(source))
     if path.is_dir():
@@ -75,7 +79,8 @@ def load_hpff_state_dict(source: str | Path) -> dict[str, Tensor]:
         if not path.exists():
             raise FileNotFoundError(f"{source}: no model.safetensors or pytorch_model.bin in it")
     elif not path.exists():
-        path = _download(str(source))
+        backbone = TIMM_BACKBONES.get(str(source))
+        path = _download(backbone.hf_hub_id if backbone else str(source))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

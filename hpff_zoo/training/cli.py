@@ -28,7 +28,7 @@ import timm
 import yaml
 
 from ..data import EMBEDDED, KNOWN_DATASETS
-from ..models import HPFF_MODELS, TAGS
+from ..models import HPFF_MODELS, TAGS, TIMM_BACKBONES
 from .build import hilo_too_long
 from .config import RunConfig
 
@@ -194,8 +194,8 @@ class CommandLine(Generic[Config]):
             return
         architecture, _, tag = name.partition(".")
         if architecture in HPFF_MODELS and tag:
-            if name not in TAGS:
-                own = [t for t in TAGS if t.startswith(f"{architecture}.")]
+            if name not in (tags := [*TIMM_BACKBONES, *TAGS]):
+                own = [t for t in tags if t.startswith(f"{architecture}.")]
                 self.error(f"{flag} {name}: no such tag{suggest(name, own)} Tags of "
                            f"{architecture}: {', '.join(own) or 'none'}")  # fmt: skip
         elif not timm.is_model(name):

@@ -16,22 +16,30 @@ keeps the items that test one of them (``hpff_*`` and ``cifar_resnet*``, every t
   ``EARLY_POOL_MODELS``).
 * the 224-px ImageNet backbones (ResNet-101/152, ResNeXt-101, VGG-13, ViT-B) marked slow: they
   take minutes on 2 CPU cores. The 32-px models and every tag with shipped weights run by default.
+* timm's pretrained-loading tests on the timm-backbone tags (``hpff_resnet101.a1h_in1k`` ...,
+  whose weights are timm's own Hub repositories) read an offline Hub cache built here from a
+  freshly initialised timm model: the real loading path, without network or a 200 MB download.
 """
 
 import fnmatch
 from pathlib import Path
 
+import huggingface_hub
 import pytest
+from huggingface_hub.file_download import repo_folder_name
 
 import hpff_zoo  # noqa: F401  (registers the models)
 from hpff_zoo import LocalModel
-from hpff_zoo.models import HPFF_MODELS
+from hpff_zoo.models import HPFF_MODELS, TIMM_BACKBONES
+
+from ..hub_helpers import cache_timm_weights
 
 TIMM_VERSION = "1.0.31"
 HERE = Path(__file__).parent
 SUITE = HERE / "test_models.py"
 OURS = ("hpff_*", "cifar_resnet*")
 EXCLUDED_BACKWARD = ("test_model_backward", "test_model_backward_fx")
+LOADING_TESTS = ("test_model_load_pretrained", "test_model_features_pretrained")
 SLOW_BASES = {base for base, _ in HPFF_MODELS.values() if not base.startswith("cifar_")}
 
 # The markers timm's suite uses (registered so that pytest does not warn about them).
@@ -115,3 +123,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def timm_weights_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hf-cache")
+
+
+@pytest.fixture(autouse=True)
+def offline_timm_weights(request, monkeypatch, timm_weights_cache: Path) -> None:
+    """For timm's loading tests on a timm-backbone tag: an offline Hub cache holding its file."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    backbone = TIMM_BACKBONES.get(params.get("model_name"))
+    if request.node.originalname not in LOADING_TESTS or backbone is None:
+        return
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(timm_weights_cache))
+    if not (
+        timm_weights_cache / repo_folder_name(repo_id=backbone.hf_hub_id, repo_type="model")
+    ).exists():
+        cache_timm_weights(timm_weights_cache, backbone)
