@@ -624,7 +624,7 @@ def _list() -> None:
     The timm-backbone tags come first: they are the ImageNet models' default tags."""
     rows = [("tag", "description", "weights")]
     for name, backbone in TIMM_BACKBONES.items():
-        rows.append((name, backbone.description, f"timm's hub:{backbone.hf_hub_id}"))
+        rows.append((name, backbone.description, f"hub:{backbone.hf_hub_id}"))
     for name, spec in TAGS.items():
         where = [f"hub:{spec.hf_hub_id}"] if name in tags.HUB_PUBLISHED else []
         if shipped_folder(name):
