@@ -74,6 +74,8 @@ class AuxiliaryBuilder:
                 std=tuple(cfg.get("std", (0.5,) * 3)),
                 depth=j / max(1, supervised - 1),
                 next_block=next_atom.as_module(),
+                partition=self.partition,
+                module_index=j,
                 tokens=len(self.partition.module_output_shape(j)) == 3,
                 options=self.aux_options,
                 arch=self.aux_arch,

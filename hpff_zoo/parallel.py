@@ -202,10 +202,12 @@ class ModuleParallel:
             )
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-        if model.method == "man" and num_stages > 1:
+        if num_stages > 1 and any(
+            getattr(aux, "follows_backbone", False) for aux in model.aux.modules()
+        ):
             raise ValueError(
-                "MAN cannot be trained module-parallel: its momentum copy follows the next "
-                "module's weights, which live on another stage"
+                f"{model.method} cannot be trained module-parallel: its momentum copies follow "
+                "later modules' weights, which live on other stages"
             )
         self.model = model
         self.stage = dist.get_rank()

@@ -1,6 +1,13 @@
 """Auxiliary networks, one file per local method; importing this package registers them all."""
 
-from . import dgl, infopro, man, predsim  # noqa: F401  (registration side effects)
-from .base import AUX_METHODS, AuxNet, AuxSpec, build_aux, register_aux
+from . import auglocal, dgl, infopro, man, mlaan, predsim  # noqa: F401  (registration side effects)
+from .base import AUX_METHODS, UNBUDGETED_METHODS, AuxNet, AuxSpec, build_aux, register_aux
 
-__all__ = ["AUX_METHODS", "AuxNet", "AuxSpec", "build_aux", "register_aux"]
+__all__ = [
+    "AUX_METHODS",
+    "UNBUDGETED_METHODS",
+    "AuxNet",
+    "AuxSpec",
+    "build_aux",
+    "register_aux",
+]

@@ -10,7 +10,9 @@ a setting a checkpoint records, not a constant in a file. Every method reads the
   ``NcMf`` configurations, DGL's ``cnn`` and ``mlp-sr`` auxiliaries and PredSim's prediction and
   similarity branches are all points of this space;
 - the reconstruction decoder (InfoPro, MAN, segmentation InfoPro): it works at ``decoder_size``
-  (the side of the reconstructed image) with ``decoder_width`` hidden channels.
+  (the side of the reconstructed image) with ``decoder_width`` hidden channels;
+- the copied backbone layers (AugLocal, MLAAN): ``copies`` later atoms of the backbone run
+  before the classifier, their number shrinking with module depth by ``pyramid``.
 
 :data:`AUX_PRESETS` names whole architectures per method: ``"paper"`` is the official code's
 (InfoPro/HPFF ``2c2f`` classifier and full-resolution decoder, DGL's ``cnn`` auxiliary, PredSim's
@@ -50,6 +52,11 @@ class AuxArch:
         decoder_size: side of the image the decoder reconstructs (the input, average-pooled);
             ``None``: the input's own size, at most 64.
         decoder_width: hidden channels of the decoder.
+        copies: how many of the backbone's later atoms (blocks) an auxiliary copies and runs
+            before its classifier (AugLocal's auxiliary depth d, MLAAN's leap depth); ``None``
+            for methods that copy none.
+        pyramid: AugLocal's pyramidal coefficient τ: the first module's auxiliary copies
+            ``copies`` atoms, the last one's ``copies · (1 − τ) + τ`` (linear in between).
         hilo_independent: with HiLo, the architecture of each module's *independent* auxiliary
             (its gradient enters the backbone at weight 0.001, so it can be far cheaper than
             the cascade auxiliary that trains the module); ``None``: this same architecture.
@@ -64,6 +71,8 @@ class AuxArch:
     hidden: int = 128
     decoder_size: int | None = None
     decoder_width: int = 12
+    copies: int | None = None
+    pyramid: float = 0.0
     hilo_independent: AuxArch | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +85,10 @@ class AuxArch:
                 raise ValueError(f"aux {name} must be >= 1, got {getattr(self, name)!r}")
         if self.convs < 0 or self.kernel % 2 == 0:
             raise ValueError("aux convs must be >= 0 and kernel odd")
+        if self.copies is not None and self.copies < 1:
+            raise ValueError(f"aux copies must be None or >= 1, got {self.copies!r}")
+        if not 0.0 <= self.pyramid <= 1.0:
+            raise ValueError(f"aux pyramid must be in [0, 1], got {self.pyramid!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +99,8 @@ class AuxArch:
         Steps halve the side the auxiliary pools to and of the image its decoder reconstructs
         (``map_side`` and ``image_side`` stand for unset values; the decoder keeps at least
         ``min_decoder`` pixels a side, the PFF grid cuts it), then drop conv layers (down to
-        InfoPro's ``0cMf``: pool, then linear layers), then hidden linear layers.
+        InfoPro's ``0cMf``: pool, then linear layers), then copied backbone atoms, then hidden
+        linear layers.
         """
         pool = self.pool or map_side
         decoder = self.decoder_size or min(image_side, 64)
@@ -98,6 +112,8 @@ class AuxArch:
             )
         if self.convs > 0:
             return replace(self, convs=self.convs - 1)
+        if self.copies is not None and self.copies > 1:
+            return replace(self, copies=self.copies - 1)
         if self.fcs > 1:
             return replace(self, fcs=self.fcs - 1)
         return None
@@ -111,6 +127,8 @@ _INFOPRO_PAPER = AuxArch()
 # Global average pool and one linear layer: InfoPro's 0c1f ("greedy SL") head.
 _LINEAR_PROBE = AuxArch(pool=1, convs=0, fcs=1)
 _CHEAP = AuxArch(pool=8, convs=1, decoder_size=8, hilo_independent=_LINEAR_PROBE)
+_AUGLOCAL_PAPER = AuxArch(convs=0, fcs=1, copies=3, pyramid=0.5)
+_MLAAN_PAPER = AuxArch(convs=0, fcs=1, copies=4, hilo_independent=_LINEAR_PROBE)
 
 # method -> preset name -> architecture. "paper": the official code's auxiliaries.
 AUX_PRESETS: dict[str, dict[str, AuxArch]] = {
@@ -126,6 +144,15 @@ AUX_PRESETS: dict[str, dict[str, AuxArch]] = {
         "paper": AuxArch(convs=1, fcs=1),
         "cheap": AuxArch(pool=8, convs=1, fcs=1, hilo_independent=_LINEAR_PROBE),
     },
+    # AugLocal: d = 3 copied later layers, pyramid τ = 0.5 (the ResNet-110 README command and
+    # run.sh), then global pool and one linear layer.
+    "auglocal": {
+        "paper": _AUGLOCAL_PAPER,
+        "cheap": replace(_AUGLOCAL_PAPER, pool=8, hilo_independent=_LINEAR_PROBE),
+    },
+    # MLAAN: a linear probe on each module (the independent level) and leap auxiliaries of up
+    # to 4 copied later layers with a pooled linear classifier (the cascade level).
+    "mlaan": {"paper": _MLAAN_PAPER, "cheap": replace(_MLAAN_PAPER, pool=8)},
 }
 
 

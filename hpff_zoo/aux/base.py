@@ -15,15 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from torch import Tensor, nn
 
 from .arch import AuxArch
 
+if TYPE_CHECKING:
+    from ..partition import Partition
+
 __all__ = [
     "AUX_METHODS",
     "PFF_SCOPES",
+    "UNBUDGETED_METHODS",
     "AuxNet",
     "AuxSpec",
     "LossPart",
@@ -53,6 +57,8 @@ class AuxSpec:
             auxiliaries classification-only, as the official HPFF code does).
         next_block: the first block of the next module (shared with the backbone, never to be
             trained through the auxiliary), for methods that look ahead such as MAN.
+        partition: the backbone's partition, and ``module_index`` the (0-based) module this
+            auxiliary supervises, for methods that copy later backbone atoms (AugLocal, MLAAN).
         tokens: the module outputs a token sequence, seen by auxiliaries as a (B, C, h, w) grid.
         options: method-specific keyword options (e.g. ``{"beta": 0.99}`` for PredSim).
         arch: the auxiliary architecture (see :mod:`hpff_zoo.aux.arch`).
@@ -70,6 +76,8 @@ class AuxSpec:
     cascade: bool = False
     hilo: bool = False
     next_block: nn.Module | None = field(default=None, repr=False, compare=False)
+    partition: Partition | None = field(default=None, repr=False, compare=False)
+    module_index: int = 0
     tokens: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     arch: AuxArch = field(default_factory=AuxArch)
@@ -92,6 +100,9 @@ class AuxNet(nn.Module):
     """
 
     needs_image: ClassVar[bool] = False
+    # True where before_step reads live backbone weights (MAN's and MLAAN's EMA copies): such an
+    # auxiliary must live in the process that holds those weights.
+    follows_backbone: ClassVar[bool] = False
     # Which kinds of loss it has (instance attributes where they depend on the spec). No
     # annotations: TorchScript, scripting a model's inference path, would read them as fields.
     global_parts = True
@@ -132,14 +143,23 @@ class AuxNet(nn.Module):
 
 
 AUX_METHODS: dict[str, Callable[[AuxSpec], AuxNet]] = {}
+# Methods whose auxiliaries hold copies of backbone blocks: the copies are the method, not a
+# size the default budget should trim (an explicit ``aux_budget`` still applies).
+UNBUDGETED_METHODS: set[str] = set()
+Factory = TypeVar("Factory", bound=Callable[[AuxSpec], AuxNet])
 
 
-def register_aux(name: str) -> Callable[[type[AuxNet]], type[AuxNet]]:
-    """Class decorator adding a local method to :data:`AUX_METHODS` under ``name``."""
+def register_aux(name: str, default_budget: bool = True) -> Callable[[Factory], Factory]:
+    """Decorator adding a local method to :data:`AUX_METHODS` under ``name``: an
+    :class:`AuxNet` subclass, or a function of the spec where a method builds different
+    networks for different levels (MLAAN). ``default_budget=False`` lists it in
+    :data:`UNBUDGETED_METHODS`."""
 
-    def decorator(cls: type[AuxNet]) -> type[AuxNet]:
-        AUX_METHODS[name] = cls
-        return cls
+    def decorator(factory: Factory) -> Factory:
+        AUX_METHODS[name] = factory
+        if not default_budget:
+            UNBUDGETED_METHODS.add(name)
+        return factory
 
     return decorator
 

@@ -19,6 +19,8 @@ loss.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -30,7 +32,7 @@ from .infopro import InfoProAux
 DEFAULT_MOMENTUM = 0.995
 
 
-@register_aux("man")
+@register_aux("man", default_budget=False)
 class MANAux(AuxNet):
     """MAN's look-ahead auxiliary.
 
@@ -40,46 +42,57 @@ class MANAux(AuxNet):
     """
 
     needs_image = True
+    follows_backbone = True
     global_parts = False
     dense_parts = True
 
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()
+        block = self.look_ahead_block(spec)
+        self.momentum = float(spec.options.get("momentum", DEFAULT_MOMENTUM))
+        self.tokens = spec.tokens
+        self._source = (block,)  # a tuple: not registered, not in the state dict
+        self.reduce = self.make_reduce(spec)
+        self.momentum_block = copy.deepcopy(block).requires_grad_(False)
+        self.bias_block = copy.deepcopy(block).requires_grad_(True)
+        self.followers = self.make_followers(spec)
+        channels, height, width = self._output_shape(spec)
+        self.head = self.make_head(replace(spec, channels=channels, size=(height, width)))
+        self.needs_image = self.head.needs_image
+
+    def look_ahead_block(self, spec: AuxSpec) -> nn.Module:
+        """The live backbone block the two copies are made of: the next module's first."""
         if spec.next_block is None:
             raise ValueError(
                 "MAN needs the next module's first block as a module; this backbone's next atom "
                 "is a function (e.g. a ViT embedding) or there is no next module"
             )
-        self.momentum = float(spec.options.get("momentum", DEFAULT_MOMENTUM))
-        self.tokens = spec.tokens
-        self._source = (spec.next_block,)  # a tuple: not registered, not in the state dict
-        self.momentum_block = copy.deepcopy(spec.next_block).requires_grad_(False)
-        self.bias_block = copy.deepcopy(spec.next_block).requires_grad_(True)
-        channels, height, width = self._output_shape(spec)
-        self.head = InfoProAux(
-            replace(
-                spec,
-                channels=channels,
-                size=(height, width),
-                pff_scope="all",  # the head sees whatever the look-ahead blocks saw
-                next_block=None,
-            )
-        )
+        return spec.next_block
+
+    def make_reduce(self, spec: AuxSpec) -> nn.Module:
+        """What runs before the look-ahead pair (MAN: nothing; its head pools itself)."""
+        return nn.Identity()
+
+    def make_followers(self, spec: AuxSpec) -> nn.Module:
+        """What runs between the look-ahead pair and the head (MAN: nothing)."""
+        return nn.Identity()
+
+    def make_head(self, spec: AuxSpec) -> AuxNet:
+        """The loss on the look-ahead output (``spec`` sized for it): InfoPro's decoder and
+        classifier, seeing whatever patch the look-ahead blocks saw."""
+        return InfoProAux(replace(spec, pff_scope="all", next_block=None))
 
     def _output_shape(self, spec: AuxSpec) -> tuple[int, int, int]:
         probe = torch.zeros(1, spec.channels, *spec.size, device=_device(self.bias_block))
-        with torch.no_grad():
-            self.bias_block.eval()
-            out = self._through(self.bias_block, probe)
-            self.bias_block.train()
+        with torch.no_grad(), _eval_mode(self):
+            out = self._look_ahead(probe)
         return tuple(out.shape[1:])
 
-    def _through(self, block: nn.Module, feature: Tensor) -> Tensor:
-        if not self.tokens:
-            return block(feature)
-        b, _, h, w = feature.shape
-        out = block(feature.flatten(2).transpose(1, 2))
-        return out.transpose(1, 2).reshape(b, out.shape[-1], h, w)
+    def _look_ahead(self, feature: Tensor) -> Tensor:
+        feature = self.reduce(feature)
+        z = through(self.bias_block, feature, self.tokens)
+        z = z + through(self.momentum_block, feature, self.tokens)
+        return self.followers(z)
 
     @property
     def image_key(self) -> int:
@@ -95,8 +108,7 @@ class MANAux(AuxNet):
         image: Tensor | None = None,
         part: LossPart = "all",
     ) -> Tensor:
-        z = self._through(self.bias_block, feature) + self._through(self.momentum_block, feature)
-        return self.head(z, target, image)
+        return self.head(self._look_ahead(feature), target, image)
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -108,6 +120,30 @@ class MANAux(AuxNet):
         (source,) = self._source
         for ema, live in zip(self.momentum_block.parameters(), source.parameters()):
             ema.mul_(self.momentum).add_(live.detach(), alpha=1.0 - self.momentum)
+
+
+def through(block: nn.Module, feature: Tensor, tokens: bool) -> Tensor:
+    """A backbone block applied to a ``(B, C, h, w)`` map, as a token sequence if it takes one.
+
+    Auxiliaries see token outputs as grids (prefix tokens dropped); a copied transformer block
+    then runs on the patch tokens alone, and its output is gridded again.
+    """
+    if not tokens:
+        return block(feature)
+    b, _, h, w = feature.shape
+    out = block(feature.flatten(2).transpose(1, 2))
+    return out.transpose(1, 2).reshape(b, out.shape[-1], h, w)
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Temporarily in eval mode: a shape probe must not move BatchNorm statistics."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _device(module: nn.Module) -> torch.device:
