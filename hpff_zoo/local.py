@@ -16,6 +16,7 @@ the backbone's, with parameter and module names under ``backbone.``. No ``from _
 annotations`` here: an FX-traced copy of the model is scripted from these type hints.
 """
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aux import AUX_METHODS
+from .aux import AUX_METHODS, UNBUDGETED_METHODS
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES
 from .auxiliaries import AuxiliaryBuilder
+from .checkpointing import checkpointed, frozen_running_stats, running_stat_norms
 from .choices import unknown_name
 from .partition import Balance, Partition, partition_backbone
 from .streamed import Backward, StreamedSchedule, _default_backward, _StreamedStep
@@ -47,11 +49,12 @@ def with_default_aux(kwargs: dict[str, Any]) -> dict[str, Any]:
     The default budget belongs to the default preset: a caller who names ``aux`` gets that
     architecture as it is (``aux="paper"`` is exactly the official one) unless they also give a
     budget. (timm's ``create_model`` drops ``None`` arguments, so ``aux_budget=None`` could not
-    turn the budget off.) MAN gets none either: its auxiliaries hold copies of the next
-    module's first block, which is the method, not a size a budget can trim.
+    turn the budget off.) The methods of :data:`~hpff_zoo.aux.UNBUDGETED_METHODS` (MAN,
+    AugLocal, MLAAN) get none either: their auxiliaries hold copies of backbone blocks, which
+    are the method, not a size a budget can trim.
     """
     out = dict(kwargs)
-    if "aux" not in out and out.get("method") != "man":
+    if "aux" not in out and out.get("method") not in UNBUDGETED_METHODS:
         out.setdefault("aux_budget", DEFAULT_AUX["aux_budget"])
     out.setdefault("aux", DEFAULT_AUX["aux"])
     out.setdefault("pff_scope", DEFAULT_AUX["pff_scope"])
@@ -105,6 +108,8 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
     # time (ResNet-110, K=55, batch 128: resident growth / E2E 0.15 at n=1, 0.18-0.23 at n=4, 0.45
     # never; ResNet-32 K=16 steps about 25 % slower at n=1, 5 % at n=4). 0 never trims.
     trim_cpu_heap: int = 4
+    # Set by set_grad_checkpointing: local_step then recomputes instead of retaining.
+    grad_checkpointing: bool = False
 
     def __init__(
         self,
@@ -161,7 +166,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
         self._module_flops: dict[int, int] = {}  # module training FLOPs by index (batch 2)
         self.aux = self._build_aux_like_backbone()
-        self._warned_end_to_end = False
+        self._warned_end_to_end = self._warned_eval_step = False
 
     # Properties TorchScript must not compile: they read the (unscriptable) partition or build
     # Python containers; scripted code needs none of them.
@@ -243,8 +248,17 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
 
     def _run_module(self, index: int, x: Tensor) -> Tensor:
         for atom in self.partition.module_atoms(index):
-            x = atom(x)
+            x = self._run_atom(index, atom, x)
         return x
+
+    def _run_atom(self, index: int, atom: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """One atom of module ``index``; checkpointed (only ``x`` kept for backward) when
+        checkpointing is on and the module has more than one atom. A one-atom module's graph is
+        its atom's: checkpointing it would recompute without saving anything."""
+        many = len(self.partition.module_atoms(index)) > 1
+        if self.grad_checkpointing and many and torch.is_grad_enabled():
+            return checkpointed(atom, x)
+        return atom(x)
 
     # --- inference: the backbone's own ------------------------------------------------------
 
@@ -284,6 +298,21 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             "inference.",
             UserWarning,
             stacklevel=2,
+        )
+
+    def _warn_eval_step(self) -> None:
+        """Warn, once per model, that ``local_step`` in ``eval()`` mode trains with frozen
+        normalisation: BatchNorm normalises with its running statistics and updates none, and
+        dropout is off, which is rarely meant (a loop that evaluated and forgot ``train()``)."""
+        if self._warned_eval_step:
+            return
+        self._warned_eval_step = True
+        warnings.warn(
+            f"{type(self).__name__}.local_step on a model in eval() mode: BatchNorm uses and keeps "
+            "its running statistics and dropout is off while the weights train. Call "
+            "model.train() before training (after each evaluation).",
+            UserWarning,
+            stacklevel=3,
         )
 
     def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -334,9 +363,20 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Checkpoint the backbone's blocks in ``forward`` (end-to-end use; :meth:`local_step`
-        already frees each module's activations before the next module runs)."""
-        self.backbone.set_grad_checkpointing(enable)
+        """Trade compute for memory: the backbone's blocks are checkpointed in ``forward`` (timm's
+        own switch, for end-to-end use) and :meth:`local_step` uses least memory.
+
+        In a local step, the atoms (blocks) of a module run under ``torch.utils.checkpoint``,
+        and with HiLo a module waiting for its cascade gradient keeps only its detached input
+        and the gradient collected for its output, and is re-run when the cascade gradient
+        arrives: at most one module's graph is alive at any time. Gradients, running statistics
+        and losses are those of the plain step (see :mod:`hpff_zoo.checkpointing`); the price
+        is one more forward of each module per checkpointed level.
+        """
+        own = getattr(self.backbone, "set_grad_checkpointing", None)  # a non-timm chain has none
+        if own is not None:
+            own(enable)
+        self.grad_checkpointing = bool(enable)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any] | Callable[[str], Any]:
@@ -375,12 +415,22 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             ``"head"``: the classifier's cross-entropy.
         """
         self._check_batch(x, y)
+        if not self.training:
+            self._warn_eval_step()
         backward = backward or _default_backward
         if not self.uses_aux:
             loss = F.cross_entropy(self.backbone(x), y)
-            backward(loss)
+            with self._recomputing():  # timm's checkpoints recompute in the backward
+                backward(loss)
             return {"head": loss.item()}
         return _StreamedStep(self, x, y, backward).run()
+
+    def _recomputing(self) -> contextlib.AbstractContextManager[None]:
+        """Context for the backward passes and re-runs of a step: with checkpointing on, they
+        recompute forwards, which must not update running statistics a second time."""
+        if not self.grad_checkpointing:
+            return contextlib.nullcontext()
+        return frozen_running_stats(running_stat_norms(self.backbone))
 
     def _check_batch(self, x: Tensor, y: Tensor) -> None:
         channels = self.input_size[0]

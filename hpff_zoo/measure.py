@@ -15,11 +15,16 @@ running total of live bytes and its maximum. Tensors that existed before the met
 (parameters, the input batch) are not counted: the figure is the extra memory the step needs,
 which is what changes between E2E and local training. What the operating system sees can be
 more (an allocator keeps freed pages): :func:`peak_rss_bytes` reads the process's high-water mark
-for that.
+for that. :func:`static_bytes` counts what does not depend on the batch (weights, gradients,
+optimizer state), exactly.
+
+Time: :func:`measure_speed` interleaves the steps of the models it compares, so background load
+hits all of them alike.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +43,8 @@ __all__ = [
     "MemoryMeter",
     "MemoryReport",
     "example_batch",
+    "measure_speed",
+    "static_bytes",
     "step_flops",
     "step_memory",
     "step_peak_bytes",
@@ -286,6 +293,52 @@ def step_memory(model: nn.Module, x: Tensor, y: Tensor) -> MemoryReport:
 def step_peak_bytes(model: nn.Module, x: Tensor, y: Tensor) -> int:
     """Peak extra bytes of live tensors in one steady-state step (see :func:`step_memory`)."""
     return step_memory(model, x, y).peak_bytes
+
+
+# --- static memory and step time ---------------------------------------------------------------
+
+
+def static_bytes(model: nn.Module, optimizer_slots: int = 1) -> int:
+    """Weights + gradients + optimizer state of every trainable parameter, plus buffers."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params * (2 + optimizer_slots) + frozen + buffers
+
+
+def measure_speed(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    repetitions: int = 10,
+    time_limit: float | None = None,
+) -> list[list[float]]:
+    """Seconds per ``local_step`` of each model, interleaved, after one warm-up step each.
+
+    ``time_limit`` (seconds, warm-up included) ends the timing after the round that crosses
+    it, so that a long list of models is timed briefly: every model still gets the same number
+    of timed steps, at least one.
+    """
+    started = time.perf_counter()
+    for model in models:
+        model.train()
+        model.local_step(x, y)
+    times: list[list[float]] = [[] for _ in models]
+    for round_ in range(repetitions):
+        if round_ and time_limit is not None and time.perf_counter() - started > time_limit:
+            break
+        for i, model in enumerate(models):
+            _synchronize(x.device)
+            start = time.perf_counter()
+            model.local_step(x, y)
+            _synchronize(x.device)
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --- inputs ---------------------------------------------------------------------------------------

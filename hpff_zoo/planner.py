@@ -1,18 +1,27 @@
-"""Pick K and the PFF grid for a memory budget: ``hpff_zoo.plan`` and its CLI.
+"""Pick the fastest way to train within a memory budget: ``hpff_zoo.plan`` and its CLI.
 
-A user with a given GPU asks: how few modules (the fewer, the closer to E2E accuracy) can I train
-this model with at this batch size? The planner answers by measurement, not by formula:
+A user with a given GPU asks: how do I train this model at this batch size within this memory,
+as fast as possible? The rivals are plain end-to-end backprop (E2E), E2E with activation
+checkpointing (``set_grad_checkpointing``: less memory for a second forward) and the local
+configurations of the user's method (K modules, a PFF grid, checkpointing on or off). The
+planner answers by measurement, not by formula:
 
 * static memory is counted exactly: weights, gradients and optimizer state (SGD momentum by
   default: one more copy) of the backbone and the auxiliary networks;
 * dynamic memory (activations, temporaries) is measured with :class:`~hpff_zoo.MemoryMeter` on a
   steady-state ``local_step`` at two small batch sizes and extrapolated linearly, which holds
   because every activation is proportional to the batch (per-channel statistics are the
-  constant term).
+  constant term);
+* step time is measured on the machine at hand, at the user's batch, one thread, the candidates
+  interleaved after a warm-up step (:func:`~hpff_zoo.measure.measure_speed`), as a ratio to
+  plain E2E's.
 
-Candidates are tried from the most accurate down: E2E (K=1), then increasing K, each with PFF off
-before PFF on. The first that fits is chosen; when none fits, the error states the smallest peak
-any candidate reaches.
+The choice: plain E2E whenever it fits (exact gradients, no recompute, no auxiliaries: there is
+nothing to trade, so nothing is timed); otherwise the fastest timed candidate that fits, E2E +
+checkpointing included. A checkpointed configuration is measured only when its plain twin does
+not fit (with the twin fitting it would add a recompute and nothing else), and dropped when it
+needs no less memory than the twin (a step the switch does not change). When nothing fits, the
+error states the smallest peak any candidate reaches.
 
     python -m hpff_zoo.planner --model hpff_resnet110 --batch-size 1024 --budget 4GB
 """
@@ -21,15 +30,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import timm
 import torch
 
-from .choices import hpff_model, one_of, positive_int
+from .choices import hpff_model, one_of, positive_int, unknown_name
 from .local import METHODS, LocalModel
-from .measure import step_peak_bytes
+from .measure import example_batch, measure_speed, static_bytes, step_peak_bytes
 
 __all__ = ["Candidate", "Plan", "format_bytes", "parse_bytes", "plan"]
 
@@ -69,22 +79,36 @@ def format_bytes(value: int, like: str | int = "GiB") -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration the planner measured."""
+    """One configuration the planner measured.
+
+    ``method="e2e"`` with ``checkpointing=True`` is E2E + activation checkpointing. ``step_time``
+    is the measured step time relative to plain E2E on the same batch (``None``: not timed).
+    """
 
     method: str
     num_modules: int
     pff: int
     static_bytes: int
     dynamic_bytes: int
+    checkpointing: bool = False
+    step_time: float | None = None
 
     @property
     def predicted_bytes(self) -> int:
         return self.static_bytes + self.dynamic_bytes
 
+    @property
+    def name(self) -> str:
+        """``E2E``, ``E2E + checkpointing``, ``infopro K=4 PFF 2x2 + checkpointing``."""
+        base = "E2E" if self.method == "e2e" else f"{self.method} K={self.num_modules}"
+        if self.method != "e2e" and self.pff > 1:
+            base += f" PFF {self.pff}x{self.pff}"
+        return base + (" + checkpointing" if self.checkpointing else "")
+
 
 @dataclass(frozen=True)
 class Plan:
-    """The chosen configuration and every candidate considered, in the order tried."""
+    """The chosen configuration and every candidate considered, in the order measured."""
 
     chosen: Candidate
     candidates: tuple[Candidate, ...]
@@ -92,33 +116,62 @@ class Plan:
     unit: str = "GiB"  # the unit the budget was given in; the table speaks it
 
     def model_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``timm.create_model`` that build the chosen configuration."""
+        """Keyword arguments for ``timm.create_model`` that build the chosen configuration
+        (then call ``model.set_grad_checkpointing(True)`` if ``chosen.checkpointing``)."""
         return dict(
             method=self.chosen.method, num_modules=self.chosen.num_modules, pff=self.chosen.pff
         )
 
+    def summary(self) -> str:
+        """One sentence: what to train and why, naming E2E when E2E is the answer."""
+        c = self.chosen
+        if c.method == "e2e" and not c.checkpointing:
+            return "plain E2E fits the budget: train end-to-end, no local learning needed"
+        speed = f" ({c.step_time:.2f}x plain E2E's step time)" if c.step_time else ""
+        if c.method == "e2e":
+            return (
+                f"E2E + checkpointing is the fastest configuration that fits{speed}: train "
+                "end-to-end with model.set_grad_checkpointing(True)"
+            )
+        then = " and model.set_grad_checkpointing(True)" if c.checkpointing else ""
+        kwargs = self.model_kwargs()
+        return f"{c.name} is the fastest configuration that fits{speed}: {kwargs}{then}"
+
     def table(self) -> str:
-        lines = ["| method | K | PFF | predicted peak | fits |", "|---|---|---|---|---|"]
+        lines = [
+            "| method | K | PFF | checkpointing | predicted peak | step time / E2E | fits |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for c in self.candidates:
             fits = "yes" if c.predicted_bytes <= self.budget_bytes else "no"
             mark = " (chosen)" if c == self.chosen else ""
+            time = "-" if c.step_time is None else f"{c.step_time:.2f}"
             lines.append(
-                f"| {c.method} | {c.num_modules} | {c.pff} | "
-                f"{format_bytes(c.predicted_bytes, self.unit)} | {fits}{mark} |"
+                f"| {c.method} | {c.num_modules} | {c.pff} | {'on' if c.checkpointing else 'off'} "
+                f"| {format_bytes(c.predicted_bytes, self.unit)} | {time} | {fits}{mark} |"
             )
         return "\n".join(lines)
 
 
-def static_bytes(model: LocalModel, optimizer_slots: int = 1) -> int:
-    """Weights + gradients + optimizer state of every trainable parameter, plus buffers."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    return params * (2 + optimizer_slots) + frozen + buffers
+@dataclass(frozen=True)
+class _Fit:
+    """Dynamic bytes as a line in the batch size: ``intercept + per_sample * batch``."""
+
+    intercept: float
+    per_sample: float
+
+    def at(self, batch_size: int) -> int:
+        return int(self.intercept + self.per_sample * batch_size)
+
+    def largest_batch(self, available: int) -> int:
+        """The largest batch whose dynamic bytes stay within ``available`` (0: none)."""
+        if self.per_sample <= 0:
+            return 2**31
+        return max(0, int((available - self.intercept) // self.per_sample))
 
 
-def predict_dynamic_bytes(model: LocalModel, batch_size: int, img_size: int | None) -> int:
-    """Peak activation memory at ``batch_size``, extrapolated from two small measured batches."""
+def _dynamic_fit(model: LocalModel, img_size: int | None) -> _Fit:
+    """The line through the measured step peaks at the two :data:`PROBE_BATCHES`."""
     device = next(model.parameters()).device
     channels, height, width = model.input_size
     if img_size is not None:
@@ -130,7 +183,12 @@ def predict_dynamic_bytes(model: LocalModel, batch_size: int, img_size: int | No
         peaks.append(step_peak_bytes(model, x, y))
     (b1, b2), (p1, p2) = PROBE_BATCHES, peaks
     per_sample = (p2 - p1) / (b2 - b1)
-    return int(p1 + per_sample * (batch_size - b1))
+    return _Fit(p1 - per_sample * b1, per_sample)
+
+
+def predict_dynamic_bytes(model: LocalModel, batch_size: int, img_size: int | None) -> int:
+    """Peak activation memory at ``batch_size``, extrapolated from two small measured batches."""
+    return _dynamic_fit(model, img_size).at(batch_size)
 
 
 def _module_ladder(num_atoms: int, paper_k: int) -> list[int]:
@@ -140,6 +198,24 @@ def _module_ladder(num_atoms: int, paper_k: int) -> list[int]:
         ladder.add(k)
         k *= 2
     return sorted(k for k in ladder if 1 <= k <= num_atoms)
+
+
+@dataclass(frozen=True)
+class _Config:
+    """A configuration to measure; ``checkpointing`` applies timm's switch after building."""
+
+    method: str
+    num_modules: int
+    pff: int
+    checkpointing: bool
+
+    @property
+    def plain(self) -> _Config:
+        """The same configuration without checkpointing (its *twin*)."""
+        return replace(self, checkpointing=False)
+
+
+PLAIN_E2E = _Config("e2e", 1, 1, False)
 
 
 def plan(
@@ -155,31 +231,58 @@ def plan(
     optimizer_slots: int = 1,
     device: str | torch.device = "cpu",
     min_modules: int = 1,
+    checkpointing: Sequence[bool] = (False, True),
+    repetitions: int = 3,
+    time_limit: float = 30.0,
+    timing_batch: int = 32,
 ) -> Plan:
-    """The fewest modules (then the smallest PFF grid) whose predicted peak fits the budget.
+    """The fastest configuration whose predicted peak fits the budget (plain E2E if it fits).
 
     Args:
         model_name: an ``hpff_*`` model, or one of its catalogue tags (for the tag's input size).
         batch_size: the training batch size per device.
         img_size: input resolution (``None``: the model's own).
         budget_bytes: bytes, or a string such as ``"4GB"`` / ``"6GiB"``.
-        method, hilo: the local method and HiLo setting to plan for (E2E is always tried first).
+        method, hilo: the local method and HiLo setting to plan for (E2E is always considered,
+            unless ``min_modules`` > 1).
         num_classes: classifier size (it changes the static memory).
         in_chans: input channels (1 for grayscale data).
         pff_grids: PFF grid sizes to consider.
         optimizer_slots: optimizer state per parameter (1 for SGD momentum, 2 for Adam).
         device: where to measure; CPU measurements carry over to GPUs except for kernel
-            workspaces (cuDNN), which is why a margin under the card's memory is wise.
+            workspaces (cuDNN), which is why a margin under the card's memory is wise. Step
+            times are those of this device.
         min_modules: the smallest K to consider (2 keeps local learning even when E2E fits).
+        checkpointing: the settings of ``set_grad_checkpointing`` to consider (``(False,)``:
+            never checkpoint).
+        repetitions: timed steps per candidate (after one warm-up step each), interleaved.
+        time_limit: seconds the timing may take (warm-up included) before it stops after the
+            current round; every timed candidate gets the same number of steps, at least one.
+        timing_batch: the largest batch the candidates are timed on. They are all timed on one
+            batch, of ``min(batch_size, timing_batch)`` samples or fewer: plain E2E, the
+            reference, must fit the budget on it too, and by then it does not at ``batch_size``.
 
     Raises:
-        ValueError: if no candidate fits, stating the smallest achievable peak, in the unit of
-            ``budget_bytes``; at once, before any measurement, when the weights, gradients and
-            optimizer state of the E2E model alone (less than any candidate's) exceed it.
+        ValueError: on bad arguments, at once; if no candidate fits, stating the smallest
+            achievable peak, in the unit of ``budget_bytes``; at once, before any measurement,
+            when the weights, gradients and optimizer state of the E2E model alone (less than
+            any candidate's) exceed it.
     """
     budget, unit = parse_bytes(budget_bytes), _unit(budget_bytes)
+    _check_arguments(model_name, batch_size, img_size, budget, method, pff_grids, optimizer_slots,
+                     min_modules, checkpointing, repetitions, time_limit, timing_batch)  # fmt: skip
     extra = dict(img_size=img_size) if img_size is not None and "vit" in model_name else {}
     extra["in_chans"] = in_chans
+
+    def build(config: _Config) -> LocalModel:
+        torch.manual_seed(0)
+        model = timm.create_model(
+            model_name, num_classes=num_classes, method=config.method,
+            num_modules=config.num_modules, pff=config.pff, hilo=hilo, **extra,
+        )  # fmt: skip
+        model.set_grad_checkpointing(config.checkpointing)
+        return model.to(device)
+
     probe = timm.create_model(model_name, num_classes=num_classes, method="e2e", **extra)
     least_static = static_bytes(probe, optimizer_slots)
     if least_static > budget:
@@ -188,38 +291,133 @@ def plan(
             f"{format_bytes(least_static, budget_bytes)}, above the budget of "
             f"{format_bytes(budget, budget_bytes)} before any activation is stored"
         )
-    ladder = _module_ladder(len(probe.partition.atoms), _paper_k(model_name))
-    ladder = [k for k in ladder if k >= min_modules]
-    if not ladder:
+    configs = _configs(probe, model_name, method, pff_grids, min_modules, checkpointing)
+    if not configs:
         raise ValueError(
             f"{model_name} has {len(probe.partition.atoms)} blocks: no K >= {min_modules} to plan"
         )
-    candidates: list[Candidate] = []
-    for k in ladder:
-        for pff in (1,) if k == 1 else pff_grids:
-            config = dict(method="e2e" if k == 1 else method, num_modules=k, pff=pff, hilo=hilo)
-            try:
-                model = timm.create_model(model_name, num_classes=num_classes, **config, **extra)
-            except ValueError:  # e.g. a PFF grid larger than some module's feature map
-                continue
-            model = model.to(device)
-            candidate = Candidate(
-                config["method"],
-                k,
-                pff,
-                static_bytes(model, optimizer_slots),
-                predict_dynamic_bytes(model, batch_size, img_size),
-            )
-            candidates.append(candidate)
-            if candidate.predicted_bytes <= budget:
-                return Plan(candidate, tuple(candidates), budget, unit)
-    smallest = min(candidates, key=lambda c: c.predicted_bytes)
-    raise ValueError(
-        f"no configuration of {model_name} fits {format_bytes(budget, budget_bytes)} at batch "
-        f"{batch_size}; the smallest predicted peak is "
-        f"{format_bytes(smallest.predicted_bytes, budget_bytes)} "
-        f"({smallest.method}, K={smallest.num_modules}, PFF={smallest.pff})"
-    )
+    reference = build(PLAIN_E2E)
+    reference_fit = _dynamic_fit(reference, img_size)
+    measured: dict[_Config, Candidate] = {}
+    for config in configs:
+        twin = measured.get(config.plain)
+        if config.checkpointing and (twin is None or twin.predicted_bytes <= budget):
+            continue  # the plain twin fits (this adds only a recompute) or cannot be built
+        try:
+            model = reference if config == PLAIN_E2E else build(config)
+        except ValueError:  # e.g. a PFF grid larger than some module's feature map
+            continue
+        fit = reference_fit if config == PLAIN_E2E else _dynamic_fit(model, img_size)
+        candidate = Candidate(config.method, config.num_modules, config.pff,
+                              static_bytes(model, optimizer_slots), fit.at(batch_size),
+                              config.checkpointing)  # fmt: skip
+        if config.checkpointing and candidate.dynamic_bytes >= twin.dynamic_bytes:
+            continue  # the switch saves nothing in this step: the same step, not a candidate
+        measured[config] = candidate
+    fits = [c for c in measured if measured[c].predicted_bytes <= budget]
+    if not fits:
+        smallest = min(measured.values(), key=lambda c: c.predicted_bytes)
+        raise ValueError(
+            f"no configuration of {model_name} fits {format_bytes(budget, budget_bytes)} at "
+            f"batch {batch_size}; the smallest predicted peak is "
+            f"{format_bytes(smallest.predicted_bytes, budget_bytes)} ({smallest.name})"
+        )
+    if PLAIN_E2E in fits:  # exact gradients, no recompute, no auxiliaries: nothing to time
+        return Plan(measured[PLAIN_E2E], tuple(measured.values()), budget, unit)
+    room = budget - static_bytes(reference, optimizer_slots)
+    batch = max(PROBE_BATCHES[0], min(batch_size, timing_batch, reference_fit.largest_batch(room)))
+    times = _relative_step_times([build(c) for c in fits], reference, batch, img_size,
+                                 repetitions, time_limit)  # fmt: skip
+    for config, time in zip(fits, times):
+        measured[config] = replace(measured[config], step_time=time)
+    if PLAIN_E2E in measured:  # the reference: 1 by definition, now that it was timed
+        measured[PLAIN_E2E] = replace(measured[PLAIN_E2E], step_time=1.0)
+    chosen = min((measured[c] for c in fits), key=lambda c: c.step_time)
+    return Plan(chosen, tuple(measured.values()), budget, unit)
+
+
+def _check_arguments(
+    model_name: str,
+    batch_size: int,
+    img_size: int | None,
+    budget: int,
+    method: str,
+    pff_grids: Sequence[int],
+    optimizer_slots: int,
+    min_modules: int,
+    checkpointing: Sequence[bool],
+    repetitions: int,
+    time_limit: float,
+    timing_batch: int,
+) -> None:
+    """One clear line for a bad argument, before any model is built or measured."""
+    _paper_k(model_name)
+    if method not in METHODS:
+        raise ValueError(unknown_name("method", method, METHODS))
+    counts = dict(batch_size=batch_size, repetitions=repetitions, min_modules=min_modules,
+                  timing_batch=timing_batch)  # fmt: skip
+    if img_size is not None:
+        counts["img_size"] = img_size
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if budget <= 0:
+        raise ValueError(f"the memory budget must be positive, got {budget} bytes")
+    if not pff_grids or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                            for n in pff_grids):  # fmt: skip
+        raise ValueError(f"pff_grids must be positive integers, got {list(pff_grids)}")
+    if optimizer_slots < 0:
+        raise ValueError(f"optimizer_slots must be 0 or more, got {optimizer_slots}")
+    if not checkpointing or any(not isinstance(c, bool) for c in checkpointing):
+        raise ValueError(f"checkpointing must list True and/or False, got {checkpointing!r}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if method == "e2e" and min_modules > 1:
+        raise ValueError("method 'e2e' has one module: min_modules > 1 leaves nothing to plan")
+
+
+def _configs(
+    probe: LocalModel,
+    model_name: str,
+    method: str,
+    pff_grids: Sequence[int],
+    min_modules: int,
+    checkpointing: Sequence[bool],
+) -> list[_Config]:
+    """E2E (plain, then checkpointed), then each K of the ladder, each grid, plain first."""
+    switch = sorted(set(checkpointing))  # False before True: a twin is measured first
+    configs = [_Config("e2e", 1, 1, c) for c in switch] if min_modules <= 1 else []
+    if method == "e2e":
+        return configs
+    for k in _module_ladder(len(probe.partition.atoms), _paper_k(model_name)):
+        if k > 1 and k >= min_modules:
+            configs += [_Config(method, k, n, c) for n in dict.fromkeys(pff_grids) for c in switch]
+    return configs
+
+
+def _relative_step_times(
+    models: list[LocalModel],
+    reference: LocalModel,
+    batch_size: int,
+    img_size: int | None,
+    repetitions: int,
+    time_limit: float,
+) -> list[float]:
+    """Median step time of each model over plain E2E's, one thread, interleaved, same batch.
+
+    One thread, as every step time of the library is measured: the ratios then compare
+    arithmetic and overhead rather than how well each configuration spreads over cores that
+    other programs share. The caller's thread count is restored.
+    """
+    x, y = example_batch(reference, batch_size, img_size, next(reference.parameters()).device)
+    callers_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        times = measure_speed([reference, *models], x, y, repetitions, time_limit)
+    finally:  # the caller's thread count is its own
+        torch.set_num_threads(callers_threads)
+    medians = [statistics.median(t) for t in times]
+    return [m / medians[0] for m in medians[1:]]
 
 
 def _paper_k(model_name: str) -> int:
@@ -227,8 +425,13 @@ def _paper_k(model_name: str) -> int:
 
     architecture = model_name.split(".")[0]
     if architecture not in HPFF_MODELS:
-        raise ValueError(f"unknown hpff model {model_name!r}; choose from {sorted(HPFF_MODELS)}")
+        raise ValueError(unknown_name("hpff_* model", model_name, HPFF_MODELS))
     return int(HPFF_MODELS[architecture][1]["num_modules"])
+
+
+def _grids(text: str) -> tuple[int, ...]:
+    """``type=`` of ``--pff-grids``: comma-separated positive grid sizes."""
+    return tuple(positive_int(part) for part in text.split(","))
 
 
 def main(argv: Sequence[str] | None = None) -> Plan:
@@ -260,6 +463,21 @@ def main(argv: Sequence[str] | None = None) -> Plan:
         default=1,
         help="smallest K to consider (2: no E2E fallback)",
     )
+    parser.add_argument(
+        "--no-checkpointing", action="store_true", help="never consider activation checkpointing"
+    )
+    parser.add_argument(
+        "--pff-grids", type=_grids, default=(1, 2, 4), help="PFF grid sizes, e.g. 1,2,4"
+    )
+    parser.add_argument(
+        "--repetitions", type=positive_int, default=3, help="timed steps per candidate"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=30.0, help="seconds the timing may take (about)"
+    )
+    parser.add_argument(
+        "--timing-batch", type=positive_int, default=32, help="largest batch to time on"
+    )
     args = parser.parse_args(argv)
     try:
         result = plan(
@@ -272,11 +490,16 @@ def main(argv: Sequence[str] | None = None) -> Plan:
             num_classes=args.num_classes,
             optimizer_slots=args.optimizer_slots,
             min_modules=args.min_modules,
+            checkpointing=(False,) if args.no_checkpointing else (False, True),
+            pff_grids=args.pff_grids,
+            repetitions=args.repetitions,
+            time_limit=args.time_limit,
+            timing_batch=args.timing_batch,
         )
     except ValueError as error:  # a budget nothing fits, an unknown model: one line
         parser.exit(1, f"error: {error}\n")
     print(result.table())
-    print(f"\nchosen: {result.model_kwargs()}")
+    print(f"\nchosen: {result.summary()}")
     return result
 
 

@@ -17,6 +17,14 @@ freed before the next module runs:
 The last module feeds the backbone's own pooling and classifier with cross-entropy; with HiLo that
 loss is also the last window's cascade loss, as in the official HPFF code.
 
+With checkpointing on (``model.set_grad_checkpointing(True)``), step 3 and 4 recompute instead
+of retaining: a module's graph is used once and freed (its input-gradient pass, or its release),
+and a module a later window or its release still needs keeps only its detached input ``u_j``
+(stored anyway) and its collected gradient; it is re-run from ``u_j`` (same random numbers, no
+second update of running statistics) when that gradient arrives. At most one module's graph is
+then alive at any time, and within it only the atoms' inputs outside the atom being recomputed
+(:meth:`~hpff_zoo.LocalModel._run_atom`).
+
 The weights scale only the gradient the auxiliary losses send into the backbone; each auxiliary
 network itself trains on its own unscaled loss (in the official code the 0.001 weight also slows
 the independent auxiliary's own training to a crawl).
@@ -38,6 +46,7 @@ from torch import Tensor
 from . import cpu_heap
 from .aux import AuxNet
 from .aux.layers import cap_resolution, patch_groups
+from .checkpointing import RngSnapshot
 from .patches import grid_slices
 
 if TYPE_CHECKING:
@@ -173,7 +182,10 @@ class _StreamedStep:
         self.images: dict[Any, Tensor] = {}
         self.k = model.cascade_size
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
-        self.outputs: dict[int, Tensor] = {}  # h_j, kept while a later window may reach j
+        # h_j, kept while a later window may reach j; None once its graph is freed (recompute)
+        self.outputs: dict[int, Tensor | None] = {}
+        self.recompute = model.grad_checkpointing and self.k > 1
+        self.rng: dict[int, RngSnapshot] = {}  # the generators before module j's first run
         self.pending: dict[int, Tensor] = {}  # gradient collected for h_j so far
         self.boundary: dict[int, Tensor] = {}  # reach left -> gradient for the previous stage
         self.losses: dict[str, Tensor] = {}
@@ -221,6 +233,9 @@ class _StreamedStep:
                 loss = loss + w_cas * cascade_loss
             self.losses[f"module{j + 1}"] = loss
             self._release(j - self.k + 1)
+            if self.recompute and j in self.outputs:  # re-run when its gradient arrives
+                self.outputs[j] = None
+                h = h.detach()
         return h
 
     def _image_for(self, aux: AuxNet) -> Tensor | None:
@@ -241,8 +256,26 @@ class _StreamedStep:
     def _forward(self, j: int, previous: Tensor) -> Tensor:
         # Module j's input needs a gradient only if a cascade will reach back through it.
         u = previous.detach().requires_grad_(self.k > 1 and j > 0)
+        if self.recompute:
+            self.rng[j] = RngSnapshot(u)
         h = self.model._run_module(j, u)
         self.inputs[j], self.outputs[j] = u, h
+        return h
+
+    def _graph(self, j: int) -> Tensor:
+        """h_j with module j's graph, for one backward pass through it.
+
+        Retaining (the default), that is the graph kept since the forward. Recomputing, the
+        graph is handed out once (the pass that uses it frees it) and, once gone, module j is
+        re-run from u_j with the random numbers of its first run.
+        """
+        h = self.outputs[j]
+        if not self.recompute:
+            return h
+        self.outputs[j] = None
+        if h is None:
+            with self.rng[j].replay(), self.model._recomputing():
+                h = self.model._run_module(j, self.inputs[j])
         return h
 
     def _collect(self, j: int, grad: Tensor, weight: float = 1.0) -> None:
@@ -266,16 +299,20 @@ class _StreamedStep:
             self._collect(j, grad)
             reach -= 1
             if reach:
-                (grad,) = torch.autograd.grad(
-                    self.outputs[j], self.inputs[j], grad, retain_graph=True
-                )
+                h = self._graph(j)
+                with self.model._recomputing():
+                    (grad,) = torch.autograd.grad(
+                        h, self.inputs[j], grad, retain_graph=not self.recompute
+                    )
+                del h
                 j -= 1
 
     def _head(self, last: int, previous: Tensor) -> Tensor:
         """Last module + the model's head loss, straight through ``backward``."""
         u = previous.detach().requires_grad_(self.k > 1 and last > 0)
         loss = self.model.head_loss(self.model._run_module(last, u), self.y)
-        self.backward(loss)
+        with self.model._recomputing():
+            self.backward(loss)
         if u.grad is not None:  # HiLo: the head's loss is the last window's cascade loss
             _, w_cas = self.model.hilo_weights
             self._carry_back(last - 1, w_cas * u.grad, self.k - 1)
@@ -285,14 +322,17 @@ class _StreamedStep:
         """Module j will receive no more gradient: one backward into its parameters, then free."""
         if j < 0 or j not in self.outputs:
             return
-        h, grad = self.outputs.pop(j), self.pending.pop(j)
         params = self.parameters[j]
-        if params and h.requires_grad:
-            torch.autograd.backward(h, grad, inputs=params)
-        del self.inputs[j]
+        h = self._graph(j) if params else None
+        grad = self.pending.pop(j)
+        if h is not None and h.requires_grad:
+            with self.model._recomputing():
+                torch.autograd.backward(h, grad, inputs=params)
+        del self.outputs[j], self.inputs[j]
+        self.rng.pop(j, None)
         self.released += 1
         every = self.model.trim_cpu_heap
-        if every and self.released % every == 0 and h.device.type == "cpu":
+        if every and self.released % every == 0 and grad.device.type == "cpu":
             del h, grad  # the module's last references: its activations are free now
             cpu_heap.trim()
 

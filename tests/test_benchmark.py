@@ -188,3 +188,11 @@ def test_pareto_joins_accuracy_and_speed_and_marks_the_front(tmp_path):
     (tmp_path / "speed.json").write_text(json.dumps({"results": speed[1:]}))
     with pytest.raises(SystemExit, match="must time e2e"):
         benchmark.main(["pareto", str(tmp_path / "accuracy.json"), str(tmp_path / "speed.json")])
+
+
+def test_ckpt_plug_in_turns_on_the_checkpointed_local_step():
+    assert benchmark.model_kwargs("infopro+hpff+ckpt") == benchmark.model_kwargs("infopro+hpff")
+    from hpff_zoo.benchmark.steps import build
+
+    model = build("hpff_resnet32", "infopro+hpff+ckpt", num_modules=4)
+    assert model.grad_checkpointing and model.backbone.grad_checkpointing

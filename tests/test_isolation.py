@@ -30,20 +30,23 @@ def _assert_step_matches_reference(model):
             torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-9, msg=f"module {j + 1}")
 
 
-@pytest.mark.parametrize("method", ["dgl", "infopro", "predsim", "man"])
+@pytest.mark.parametrize("method", ["dgl", "infopro", "predsim", "man", "auglocal", "mlaan"])
 @pytest.mark.parametrize("pff", [1, 2])
 def test_without_hilo_each_module_gets_only_its_own_local_loss(method, pff):
     _assert_step_matches_reference(_small_model(method, hilo=False, pff=pff))
 
 
-@pytest.mark.parametrize("method,hilo", [("dgl", 2), ("dgl", 3), ("infopro", 2), ("man", 2)])
+@pytest.mark.parametrize(
+    "method,hilo",
+    [("dgl", 2), ("dgl", 3), ("infopro", 2), ("man", 2), ("auglocal", 2), ("mlaan", 2)],
+)
 def test_hilo_cascade_reaches_exactly_its_window(method, hilo):
     # Equal weights so the cascade's contribution is as visible as the independent one's.
     model = _small_model(method, hilo=hilo, pff=2, hilo_weights=(0.5, 0.5))
     _assert_step_matches_reference(model)
 
 
-@pytest.mark.parametrize("method", ["dgl", "infopro", "predsim", "man"])
+@pytest.mark.parametrize("method", ["dgl", "infopro", "predsim", "man", "auglocal", "mlaan"])
 @pytest.mark.parametrize("aux", ["paper", "cheap"])
 @pytest.mark.parametrize("scope", ["decoder", "all"])
 def test_aux_presets_and_pff_scopes_keep_the_reference_gradients(method, aux, scope):

@@ -2,8 +2,10 @@
 
 A *configuration* names a local method and the HPFF plug-ins it uses: ``e2e``, ``infopro``,
 ``infopro+hilo``, ``infopro+pff``, ``infopro+hpff`` (= HiLo + PFF), likewise for ``dgl``,
-``predsim`` and ``man``. Every configuration is built from the same model name and measured on
-the same batch; ratios are against the ``e2e`` configuration.
+``predsim`` and ``man``; ``+ckpt`` turns ``set_grad_checkpointing`` on (``e2e+ckpt``: E2E with
+activation checkpointing; ``infopro+hpff+ckpt``: the checkpointed local step). Every
+configuration is built from the same model name and measured on the same batch; ratios are
+against the ``e2e`` configuration.
 
 Memory is reported in two parts, because they scale differently: the *step peak* (activations
 and temporaries, measured by :class:`~hpff_zoo.MemoryMeter`: what local learning reduces) and the
@@ -20,7 +22,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,14 @@ from ..aux.arch import AUX_PRESET_NAMES
 from ..aux.base import PFF_SCOPES
 from ..choices import closest, unknown_name
 from ..local import METHODS, LocalModel
-from ..measure import MemoryMeter, example_batch, step_flops, step_peak_bytes
-from ..planner import static_bytes
+from ..measure import (
+    MemoryMeter,
+    example_batch,
+    measure_speed,
+    static_bytes,
+    step_flops,
+    step_peak_bytes,
+)
 
 __all__ = [
     "StepMeasurement",
@@ -63,11 +70,10 @@ def model_kwargs(config: str) -> dict[str, object]:
         raise ValueError(
             f"bad configuration {config!r}: {unknown_name('plug-in', min(unknown), PLUGINS)}"
         )
-    local_plugins = set(plugins) - {"ckpt"}
-    if (method == "e2e" and local_plugins) or ("ckpt" in plugins and method != "e2e"):
+    if method == "e2e" and set(plugins) - {"ckpt"}:
         raise ValueError(
             f"bad configuration {config!r}: plug-ins are hilo, pff or hpff for local methods, "
-            "ckpt (activation checkpointing) for e2e"
+            "ckpt (activation checkpointing) for any"
         )
     hilo = "hilo" in plugins or "hpff" in plugins
     pff = "pff" in plugins or "hpff" in plugins
@@ -124,8 +130,8 @@ def build(
     if img_size is not None and "vit" in model_name:
         kwargs["img_size"] = img_size
     model = timm.create_model(model_name, **kwargs).to(device)
-    if "+ckpt" in config:  # E2E with activation checkpointing: the rival users already have
-        model.backbone.set_grad_checkpointing(True)
+    if "+ckpt" in config:  # E2E: the rival users already have; local: least memory
+        model.set_grad_checkpointing(True)
     return model
 
 
@@ -183,24 +189,6 @@ def measure_memory(
     )
 
 
-def measure_speed(
-    models: Sequence[LocalModel], x: torch.Tensor, y: torch.Tensor, repetitions: int = 10
-) -> list[list[float]]:
-    """Seconds per ``local_step`` of each model, interleaved, after one warm-up step each."""
-    for model in models:
-        model.train()
-        model.local_step(x, y)
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(repetitions):
-        for i, model in enumerate(models):
-            _synchronize(x.device)
-            start = time.perf_counter()
-            model.local_step(x, y)
-            _synchronize(x.device)
-            times[i].append(time.perf_counter() - start)
-    return times
-
-
 def speed_measurements(
     configs: Sequence[str], models: Sequence[LocalModel], x, y, repetitions: int
 ) -> list[StepMeasurement]:
@@ -217,11 +205,6 @@ def speed_measurements(
         )
         for c, m, t, f in zip(configs, models, times, flops)
     ]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _ratio(value: float | None, baseline: float | None) -> str:
