@@ -12,6 +12,7 @@ Any timm classifier can be wrapped with :func:`from_timm`.
 
 from . import models  # noqa: F401  (registers the timm models)
 from .aux import AUX_METHODS, AuxNet, AuxSpec, register_aux
+from .compiled import compile_local
 from .local import METHODS, LocalModel, from_timm
 from .measure import MemoryMeter, MemoryReport
 from .parallel import ModuleParallel
@@ -41,6 +42,7 @@ __all__ = [
     "ModuleParallel",
     "Partition",
     "Plan",
+    "compile_local",
     "from_timm",
     "partition_backbone",
     "plan",

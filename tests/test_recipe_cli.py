@@ -26,6 +26,7 @@ from .recipe_helpers import (
     RECIPES,
     ROOT,
     check,
+    image_folder,
     one_line_error,
     recipe_env,
     run_module,
@@ -289,17 +290,7 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path):
 @pytest.fixture
 def two_classes(tmp_path):
     """An image folder of two classes of 16x16 images, half the 32-px input of hpff_resnet32."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name in ("a", "b"):
-            (tmp_path / "data" / split / name).mkdir(parents=True)
-            for i in range(8):
-                pixels = rng.integers(0, 256, (16, 16), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
-    return tmp_path / "data"
+    return image_folder(tmp_path / "data", 16)
 
 
 def test_small_images_are_not_upscaled_silently_and_two_classes_have_no_top5(two_classes, tmp_path):
@@ -344,7 +335,8 @@ def test_recipes_are_one_screen_each_over_the_library():
 def test_the_library_takes_no_argparse_namespace_outside_its_command_lines():
     """Library functions receive typed values (RunConfig, ThroughputSetting, ...); only the
     command lines' own modules read a parsed namespace."""
-    entry_points = {"benchmark/cli.py", "benchmark/gpu.py"}  # gpu.py: `benchmark gpu`'s flags
+    # gpu.py, torch_compile.py: the flags of `benchmark gpu` and `benchmark compile`
+    entry_points = {"benchmark/cli.py", "benchmark/gpu.py", "benchmark/torch_compile.py"}
     for path in (ROOT / "hpff_zoo").rglob("*.py"):
         if str(path.relative_to(ROOT / "hpff_zoo")) not in entry_points:
             assert "Namespace" not in path.read_text(), path

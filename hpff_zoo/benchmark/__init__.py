@@ -8,10 +8,12 @@ Usage::
     python -m hpff_zoo.benchmark speed --model hpff_resnet101 --batch-size 8 --img-size 224
     python -m hpff_zoo.benchmark accuracy --jobs 2 --out results/accuracy
     python -m hpff_zoo.benchmark parallel --stages 2 --batch-size 256
+    python -m hpff_zoo.benchmark compile --configs e2e,infopro+hpff --batch-size 32
 
 ``memory`` and ``speed`` measure single steps (:mod:`.steps`); ``accuracy`` trains a grid of
 configurations through ``recipes/cifar.py`` (:mod:`.accuracy`); ``parallel`` times
-module-parallel training (:mod:`hpff_zoo.parallel`). Each writes JSON, a Markdown
+module-parallel training (:mod:`hpff_zoo.parallel`); ``compile`` sets ``torch.compile``
+against eager (:mod:`.torch_compile`). Each writes JSON, a Markdown
 table and PNG plots (:mod:`.plots`) into ``--out``.
 """
 

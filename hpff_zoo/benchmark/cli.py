@@ -1,5 +1,6 @@
-"""``python -m hpff_zoo.benchmark memory|speed|tradeoff|parallel|accuracy|pareto|gpu``: run (or
-join), print, and write results."""
+"""``python -m hpff_zoo.benchmark COMMAND``: run (or join), print, and write results.
+
+Commands: memory, speed, tradeoff, parallel, accuracy, pareto, gpu, compile."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from ..choices import hpff_model, positive_int, unknown_name
 from ..measure import example_batch
-from . import gpu
+from . import gpu, torch_compile
 from .accuracy import (
     DEFAULT_CELLS,
     PAPER_CIFAR10_RESNET32,
@@ -77,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hpff_zoo.benchmark",
         description="Measure peak training memory, step time and test accuracy of local "
-        "learning configurations against E2E. Configurations: e2e (+ckpt: with activation "
-        "checkpointing), or a method (dgl, infopro, predsim, man) with optional plug-ins +hilo, "
-        "+pff or +hpff (= HiLo + PFF) and auxiliary options :paper or :cheap (preset), "
+        "learning configurations against E2E. Configurations: e2e, or a method (dgl, infopro, "
+        "predsim, man) with optional plug-ins +hilo, +pff or +hpff (= HiLo + PFF), any with "
+        "+ckpt (set_grad_checkpointing: activation checkpointing, least-memory local step), "
+        "and auxiliary options :paper or :cheap (preset), "
         ":decoder or :all (PFF scope), :0.1 (aux budget), e.g. infopro+hpff:cheap:0.1.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
             "--configs",
             default=",".join(DEFAULT_CONFIGS),
             type=_config_list,
-            help="comma-separated configurations, e.g. e2e,e2e+ckpt,dgl,dgl+hpff:cheap:0.1 "
+            help="comma-separated configurations, e.g. e2e,e2e+ckpt,dgl,infopro+hpff+ckpt "
             "(default: %(default)s)",
         )
         sub.add_argument(
@@ -204,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     pareto.add_argument("speed", type=Path, help="the JSON `benchmark speed` wrote")
     _output_flags(pareto)
     gpu.add_parser(commands)
+    torch_compile.add_parser(commands)
     return parser
 
 
@@ -434,6 +437,8 @@ def main(argv: Sequence[str] | None = None):
         return _pareto(args)
     if args.command == "gpu":
         return gpu.run(args)
+    if args.command == "compile":
+        return torch_compile.run(args)
     results = _steps(args)
     table = steps_table(args.command, results)
     print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")
