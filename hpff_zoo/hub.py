@@ -591,7 +591,7 @@ def _parser() -> argparse.ArgumentParser:
         "push",
         help="upload an exported folder to the Hub",
         description="Create ORG/REPO if needed and upload FOLDER (needs a Hub token: "
-        "`huggingface-cli login` or HF_TOKEN).",
+        "`hf auth login` or HF_TOKEN).",
     )
     push.add_argument("folder", type=Path, help="a folder written by `export`")
     push.add_argument("repo_id", help="the Hub repository, e.g. hpff-zoo/hpff_resnet32.fmnist_e2e")

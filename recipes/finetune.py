@@ -34,8 +34,8 @@ import hpff_zoo
 from hpff_zoo.data import model_in_chans
 from hpff_zoo.hub import load_model
 from hpff_zoo.models import HPFF_MODELS, TAGS
-from hpff_zoo.models.pretrained import HUB_ERRORS, PretrainedWeightsError
 from hpff_zoo.training import (
+    WEIGHTS_ERRORS,
     CommandLine,
     RunConfig,
     RunError,
@@ -65,12 +65,16 @@ class FinetuneConfig(RunConfig):
         "(required)",
         group="starting point",
     )
-    pretrained: bool = option(
+    pretrained: bool = option(  # a fine-tune starts from weights: on unless --no-pretrained
         True,
         "load timm's pretrained weights for a timm model name",
         group="starting point",
         action=argparse.BooleanOptionalAction,
     )
+
+    def published_tag(self) -> None:
+        """A fine-tune is a new model: never published as the catalogue tag it started from."""
+        return None
 
 
 def _is_hpff_folder(path: Path) -> bool:
@@ -108,7 +112,7 @@ def load_backbone(args: FinetuneConfig, num_classes: int) -> nn.Module:
             if Path(name).is_dir():
                 name = f"local-dir:{name}"
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, PretrainedWeightsError, *HUB_ERRORS) as error:  # offline, gated, missing
+    except WEIGHTS_ERRORS as error:  # offline, gated, missing
         raise RunError(
             f"could not load the weights of --init {args.init} ({first_line(error)}). "
             "Pass --init a tag with weights (python -m hpff_zoo.hub list), a local folder with "

@@ -253,22 +253,31 @@ def test_tagged_model_writes_a_run_record_that_exports_as_the_tag(tmp_path):
     assert "random subset of 32 training images" in card and f"{record.top1:.2f} %" in card
 
 
-def test_memory_budget_lets_the_planner_choose_k(tmp_path):
+def test_memory_budget_lets_the_planner_choose_the_fastest_that_fits(tmp_path):
     import hpff_zoo
 
     flags = ["--max-train-samples", "32", "--max-eval-samples", "16", "--epochs", "1",
              "--batch-size", "16", "--method", "dgl", "--hilo", "0", *QUICK]  # fmt: skip
-    e2e = hpff_zoo.plan("hpff_resnet32", 16, 28, "16GiB", method="dgl", hilo=False, in_chans=1)
+    e2e = hpff_zoo.plan("hpff_resnet32", 16, 28, "16GiB", method="dgl", hilo=False, in_chans=1,
+                        pff_grids=(1,))  # fmt: skip
     budget = int(0.6 * e2e.chosen.predicted_bytes)
     stdout = check(run_recipe("cifar.py", *flags, "--memory-budget", str(budget),
                               "--output-dir", str(tmp_path / "run")))  # fmt: skip
     assert "memory plan for batch 16 per device" in stdout
     rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ")][1:]
-    fits = [row[4].strip() for row in rows]
-    assert fits[-1] == "yes (chosen)" and set(fits[:-1]) == {"no"}, stdout
-    method, k, pff = (cell.strip() for cell in rows[-1][:3])
-    assert method == "dgl" and int(k) > 1
-    assert f"dgl, K={k}, HiLo k=1, PFF {pff}x{pff}" in stdout  # the model trained is the plan's
+    rows = [[cell.strip() for cell in row] for row in rows]
+    fitting = [row for row in rows if row[6].startswith("yes")]
+    (chosen,) = [row for row in rows if row[6] == "yes (chosen)"]
+    assert rows[0][:4] == ["e2e", "1", "1", "off"] and rows[0][6] == "no", stdout
+    # Every configuration that fits was timed, and the fastest of them is the one trained.
+    assert min(float(row[5]) for row in fitting) == float(chosen[5]), stdout
+    method, k, pff, checkpointing = chosen[:4]
+    if method == "e2e":
+        assert checkpointing == "on" and "E2E + checkpointing is the fastest" in stdout
+        assert "end-to-end backpropagation" in stdout
+    else:
+        assert method == "dgl" and int(k) > 1
+        assert f"dgl, K={k}, HiLo k=1, PFF {pff}x{pff}" in stdout  # the model trained is the plan's
 
 
 def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(tmp_path):

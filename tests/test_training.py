@@ -155,3 +155,23 @@ def test_evaluate_reports_top1_on_the_first_examples_in_order(accelerator_factor
     assert results["top1"] == pytest.approx(100 * 4 / 6)
     assert results["top1_first"] == pytest.approx(100 * 2 / 3)
     assert "top1_first" not in evaluate(accelerator, _Fixed(), loader)
+
+
+def test_pretrained_starts_local_training_from_the_tags_weights():
+    """``--model TAG --pretrained``: the tag's backbone weights with fresh auxiliaries and the
+    requested setting; published as a fine-tune, not as the tag."""
+    from types import SimpleNamespace
+
+    from hpff_zoo.hub import load_model
+    from hpff_zoo.training import RunConfig, create_local_model
+
+    tag = "hpff_resnet32.fmnist_e2e"  # shipped: loads offline
+    data = SimpleNamespace(channels=1, num_classes=10)
+    config = RunConfig(model=tag, method="dgl", num_modules=2, hilo=0, pff=1, pretrained=True)
+    model = create_local_model(config, data)
+    shipped = load_model(tag).backbone.state_dict()
+    assert (model.method, model.num_modules) == ("dgl", 2)
+    assert all(torch.equal(v, shipped[k]) for k, v in model.backbone.state_dict().items())
+    fresh = create_local_model(RunConfig(**{**vars(config), "pretrained": False}), data)
+    assert not torch.equal(fresh.backbone.conv1.weight, model.backbone.conv1.weight)
+    assert config.published_tag() is None and RunConfig(model=tag).published_tag() == tag

@@ -3,12 +3,18 @@ before any work, in one line that names the closest valid name."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
+import torch
+from PIL import Image
 
 import hpff_zoo
 from hpff_zoo.benchmark import cli
 from hpff_zoo.choices import unknown_name
+from hpff_zoo.training import RunConfig
+
+from .recipe_helpers import QUICK, RECIPES, check, image_folder, one_line_error, run_recipe
 
 
 def test_unknown_name_suggests_the_closest_and_lists_few():
@@ -95,3 +101,53 @@ def test_benchmark_memory_says_each_configuration_as_it_starts(capsys):
               "--batch-size", "2"])  # fmt: skip
     err = capsys.readouterr().err
     assert "[1/2] memory of e2e\n" in err and "[2/2] memory of dgl (K=2)" in err
+
+
+def test_local_step_in_eval_mode_warns_once(recwarn):
+    """A loop that evaluated and forgot ``train()`` would train with frozen BatchNorm statistics:
+    said once, not per step, and never in training mode."""
+    model = timm.create_model("hpff_resnet32", num_classes=3, num_modules=2, pff=1, hilo=False)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    model.train().local_step(x, y)
+    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
+    running_mean = model.backbone.bn1.running_mean.clone()
+    with pytest.warns(UserWarning, match=r"local_step on a model in eval\(\) mode.*train\(\)"):
+        model.eval().local_step(x, y)
+    assert torch.equal(model.backbone.bn1.running_mean, running_mean)  # what the warning says
+    recwarn.clear()
+    model.local_step(x, y)
+    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
+
+
+def test_a_fine_tune_is_never_published_as_the_tag_it_started_from(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    finetune = __import__("finetune")
+    tag = "hpff_resnet32.fmnist_infopro_k16_hpff"
+    assert RunConfig(model=tag).published_tag() == tag
+    assert RunConfig(model="hpff_resnet32").published_tag() is None
+    assert finetune.FinetuneConfig(model=tag, init=tag).published_tag() is None
+
+
+@pytest.fixture
+def mixed_sizes(tmp_path):
+    """An image folder of 40-px images (above hpff_resnet32's 32 px) but for one 20x12 test
+    image: the first image alone says nothing is upscaled."""
+    root = image_folder(tmp_path / "data", 40, per_class=4)
+    small = np.random.default_rng(1).integers(0, 256, (12, 20), dtype=np.uint8)
+    Image.fromarray(small).save(root / "test" / "b" / "small.png")
+    return root
+
+
+def test_image_folder_size_check_reads_every_image_and_header_flags_the_schedule(
+    mixed_sizes, tmp_path
+):
+    flags = ["--dataset", str(mixed_sizes), "--method", "e2e", "--epochs", "1", "--batch-size",
+             "4", *QUICK, "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    message = one_line_error(run_recipe("cifar.py", *flags))
+    assert "the smallest images are 20x12, smaller than the 32x32 input of hpff_resnet32" in message
+    assert "--img-size 32 to upscale them, or --img-size 20" in message
+    # An unnamed data set trains with the recipe's paper schedule: the header says it is not
+    # chosen for this data (a named one, e.g. mnist5k, keeps its preset line).
+    header = check(run_recipe("cifar.py", *flags, "--img-size", "32", "--dry-run"))
+    assert "no preset: the recipe's defaults, set for its paper data sets, not for this " in header
+    assert "choose --epochs, --batch-size and --lr (or --preset) for it" in header

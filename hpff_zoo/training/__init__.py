@@ -32,7 +32,7 @@ from .build import (
 from .checkpoint import CheckpointManager, TrainingProgress, load_checkpoint, resume_point
 from .cli import CommandLine
 from .config import RunConfig, option
-from .errors import RunError, first_line
+from .errors import WEIGHTS_ERRORS, RunError, first_line
 from .export import save_model
 from .header import describe_run
 from .loaders import Loaders, load_data, make_loaders
@@ -45,6 +45,7 @@ from .step import average_buffers, average_gradients, local_step, synced_gradien
 from .threads import ThreadChoice, choose_threads, configure_threads
 
 __all__ = [
+    "WEIGHTS_ERRORS",
     "BuildModel",
     "CheckpointManager",
     "CommandLine",

@@ -17,9 +17,9 @@ import torch
 from ..data import ImageClassificationData
 from ..local import LocalModel, from_timm
 from ..models import HPFF_MODELS
-from ..planner import format_bytes, plan
+from ..planner import Plan, format_bytes, plan
 from .config import RunConfig
-from .errors import RunError, first_line
+from .errors import WEIGHTS_ERRORS, RunError, first_line
 from .schedule import warmup_cosine
 
 __all__ = [
@@ -57,8 +57,9 @@ def input_channels(config: RunConfig, default: int) -> int:
     return default if config.in_chans == "auto" else int(config.in_chans)
 
 
-def _planned_kwargs(config: RunConfig, num_classes: int, channels: int) -> dict[str, Any]:
-    """``num_modules`` and ``pff`` chosen by the memory planner for ``memory_budget``."""
+def _planned(config: RunConfig, num_classes: int, channels: int) -> Plan:
+    """The memory planner's choice for ``memory_budget``: ``num_modules``, ``pff`` and whether
+    to checkpoint (the fastest configuration that fits, plain E2E whenever it fits)."""
     if config.model.split(".")[0] not in HPFF_MODELS:
         raise RunError(
             f"--memory-budget plans hpff_* models; {config.model!r} is not one "
@@ -79,7 +80,7 @@ def _planned_kwargs(config: RunConfig, num_classes: int, channels: int) -> dict[
         )
     except ValueError as error:
         raise RunError(f"--memory-budget {config.memory_budget}: {error}") from None
-    print(f"memory plan for batch {batch} per device:\n{chosen.table()}")
+    print(f"memory plan for batch {batch} per device:\n{chosen.table()}\n{chosen.summary()}")
     if chosen.chosen.method == "e2e" and config.method != "e2e":
         print(
             f"NOTE: --memory-budget {config.memory_budget} fits end-to-end training "
@@ -87,21 +88,27 @@ def _planned_kwargs(config: RunConfig, num_classes: int, channels: int) -> dict[
             f"so this run trains E2E (K=1), not {config.method}: pass --min-modules 2 (or more) "
             "to keep local learning"
         )
-    return chosen.model_kwargs()
+    return chosen
 
 
 def create_local_model(config: RunConfig, data: ImageClassificationData) -> LocalModel:
-    """A new (untrained) model: an hpff_* entry point (or one of its catalogue tags, which
-    brings the tag's preprocessing), or any timm classifier wrapped."""
+    """A new model: an hpff_* entry point (or one of its catalogue tags, which brings the tag's
+    preprocessing, and with ``pretrained`` its weights), or any timm classifier wrapped."""
     channels = input_channels(config, data.channels)
     kwargs = dict(local_model_kwargs(config), num_classes=data.num_classes, in_chans=channels)
-    if config.memory_budget:
-        kwargs.update(_planned_kwargs(config, data.num_classes, channels))
+    planned = _planned(config, data.num_classes, channels) if config.memory_budget else None
+    if planned:
+        kwargs.update(planned.model_kwargs())
     if config.img_size:
         kwargs["input_size"] = (channels, config.img_size, config.img_size)
-    if config.model.split(".")[0] in HPFF_MODELS:
-        return timm.create_model(config.model, **kwargs)
-    return from_timm(config.model, **kwargs)
+    create = timm.create_model if config.model.split(".")[0] in HPFF_MODELS else from_timm
+    try:
+        model = create(config.model, pretrained=config.pretrained, **kwargs)
+    except WEIGHTS_ERRORS as error:  # offline, no cache, a tag without weights
+        raise RunError(f"--pretrained: {first_line(error)}") from None
+    if planned and planned.chosen.checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
 
 
 def hilo_too_long(hilo: int, num_modules: int, k: str) -> str:

@@ -8,7 +8,8 @@ given on the command line win over all three.
 
 Presets are small YAML files: a mapping from flag names (``batch_size`` or ``batch-size``) to
 values. A recipe names its preset directory and, with ``preset_from``, the preset a run gets
-without ``--preset`` (``"{dataset}"``: the one named after the dataset, when there is one).
+without ``--preset`` (``"{dataset}"``: the one named after the dataset, when there is one;
+``{model}`` reads a catalogue tag as its architecture, whose schedule it trains with).
 
 User mistakes are one line (``prog: error: ... (see --help)``, status 2), never a traceback
 or the usage of ~50 flags.
@@ -153,7 +154,8 @@ class CommandLine(Generic[Config]):
         first, _ = self.parser.parse_known_args([a for a in argv if a not in HELP_FLAGS])
         preset = first.preset
         if preset is None and self.preset_from is not None:
-            candidate = self.preset_from.format(**vars(first))  # paths and Hub ids never match
+            fields = vars(first) | {"model": str(first.model).split(".")[0]}  # a tag: its arch's
+            candidate = self.preset_from.format(**fields)  # paths and Hub ids never match
             if "/" not in candidate and (self.preset_dir / f"{candidate}.yaml").is_file():
                 preset = candidate
         if preset:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..data import EMBEDDED, KNOWN_DATASETS
 from ..local import METHODS
+from ..models import TAGS
 from ..planner import parse_bytes
 
 __all__ = ["RunConfig", "count", "option", "positive_float", "positive_int"]
@@ -118,6 +119,14 @@ class RunConfig:
     model: str | None = option(
         help="hpff_* model, one of its catalogue tags, or any timm classifier", group=MODEL
     )
+    pretrained: bool = option(
+        False,
+        "start from the weights of --model's tag (e.g. hpff_resnet101.a1h_in1k: timm's "
+        "ImageNet backbone, fresh auxiliaries; python -m hpff_zoo.hub list) and train it "
+        "locally, rather than from fresh weights",
+        group=MODEL,
+        action=argparse.BooleanOptionalAction,
+    )
     method: str = option("infopro", "local learning method, or e2e for backprop", group=MODEL,
                          choices=METHODS)  # fmt: skip
     num_modules: int | None = option(
@@ -152,8 +161,9 @@ class RunConfig:
                           choices=("memory", "flops", "blocks"))  # fmt: skip
     memory_budget: str | None = option(
         help="peak training memory per device, e.g. 4GB or 6GiB: the planner (hpff_zoo.plan) "
-        "measures candidate K and PFF grids for --method at this batch and picks the fewest "
-        "modules that fit (E2E first), replacing --num-modules and --pff; hpff_* models only",
+        "measures E2E, E2E + checkpointing and --method's K and PFF grids at this batch and picks "
+        "plain E2E if it fits, else the fastest that fits (timed briefly), replacing "
+        "--num-modules and --pff; hpff_* models only",
         group=MODEL,
         type=_memory_size,
     )
@@ -275,9 +285,10 @@ class RunConfig:
         type=positive_float,
     )
     push_to_hub: str | None = option(
-        help="after training, export to a Hub-ready folder (model card, safetensors) and upload "
-        "it to this repository id (needs a token: huggingface-cli login); a --model given as a "
-        "catalogue tag is published as that tag",
+        help="after training, export to a Hub-ready folder (model card, safetensors, run "
+        "record) and upload it to this repository id, created if needed (needs a Hub token: "
+        "`hf auth login` or HF_TOKEN); a --model given as a catalogue tag is published as that "
+        "tag, a fine-tune as a model of its own",
         group=RUN,
         metavar="REPO",
     )
@@ -286,6 +297,12 @@ class RunConfig:
         "defaults; flags given on the command line still win",
         group=RUN,
     )
+
+    def published_tag(self) -> str | None:
+        """The catalogue tag ``--push-to-hub`` publishes the trained weights as: ``model`` when
+        it names one and the run trained it from fresh weights (it reproduces that tag), else
+        None: a run that started from weights is a fine-tune, a model of its own."""
+        return self.model if self.model in TAGS and not self.pretrained else None
 
     @property
     def micro_batch(self) -> int:

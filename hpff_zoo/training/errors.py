@@ -7,7 +7,14 @@ dataset or a setting the model cannot take; a program that wants to go on catche
 
 from __future__ import annotations
 
-__all__ = ["RunError", "first_line"]
+from ..models.pretrained import HUB_ERRORS, PretrainedWeightsError
+
+__all__ = ["WEIGHTS_ERRORS", "RunError", "first_line"]
+
+# What loading pretrained weights raises for the user's reasons (no network and no cache, a
+# gated or missing repository, a tag without weights, an unreadable file): a recipe turns these
+# into one RunError line with advice; anything else is a bug and keeps its traceback.
+WEIGHTS_ERRORS = (OSError, PretrainedWeightsError, *HUB_ERRORS)
 
 
 class RunError(SystemExit):

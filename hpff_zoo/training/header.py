@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from accelerate import Accelerator
 
-from ..data import ImageClassificationData
+from ..data import EMBEDDED, KNOWN_DATASETS, ImageClassificationData
 from ..local import LocalModel
 from .config import RunConfig
 from .errors import RunError, first_line
@@ -76,6 +76,18 @@ def _layout(net: LocalModel) -> str:
     return "NCHW"
 
 
+def _no_preset(dataset: str) -> str:
+    """What the schedule is when no preset set it: the recipe's defaults, which are the paper's
+    schedule for the recipe's own data sets. For data known by no name (a folder, a Hub id) the
+    header says so, since a 400-epoch batch-1024 schedule rarely fits a new folder."""
+    if dataset in KNOWN_DATASETS or dataset == EMBEDDED:
+        return "no preset: the recipe's defaults"
+    return (
+        "no preset: the recipe's defaults, set for its paper data sets, not for this data; "
+        "choose --epochs, --batch-size and --lr (or --preset) for it"
+    )
+
+
 def describe_run(
     config: RunConfig,
     accelerator: Accelerator,
@@ -96,7 +108,7 @@ def describe_run(
     timed_batch = min(max(1, config.micro_batch // processes), 16)
     train_s, eval_s = time_per_image(accelerator, net, input_size, timed_batch)
     epoch_s = (steps_per_epoch * config.batch_size * train_s + len(data.test) * eval_s) / processes
-    preset = f"preset {config.preset}" if config.preset else "no preset: the recipe's defaults"
+    preset = f"preset {config.preset}" if config.preset else _no_preset(config.dataset)
     return (
         f"data   {data.source}: {len(data.train)} train / {len(data.test)} test images, "
         f"{data.num_classes} classes, {data.channels}-channel images\n"

@@ -17,6 +17,7 @@ from ..data import (
     create_transforms,
     load_image_classification,
     resolve_data_config,
+    smallest_image_size,
 )
 from ..local import LocalModel
 from .config import RunConfig
@@ -59,15 +60,22 @@ def _check_resolution(
     config: RunConfig, data: ImageClassificationData, data_config: dict[str, Any]
 ) -> None:
     """Refuse to upscale images silently: a 28-px digit stretched to a 224-px model's input costs
-    64x the compute for no information. ``img_size`` states the resolution on purpose."""
+    64x the compute for no information. ``img_size`` states the resolution on purpose.
+
+    Every image of both splits counts (headers only), not the first: one folder can mix 20 px
+    and 97 px images, and the smallest of them are the ones stretched most."""
     if config.img_size:
         return
-    image = data.train[0]["image"]
-    width, height = getattr(image, "size", (None, None))
+    sizes = [s for s in map(smallest_image_size, (data.train, data.test)) if s is not None]
+    if not sizes:
+        return
+    width, height = min(w for w, _ in sizes), min(h for _, h in sizes)
     _, want_h, want_w = data_config["input_size"]
-    if width is not None and (width < want_w or height < want_h):
+    if width < want_w or height < want_h:
+        first = getattr(data.train[0]["image"], "size", None)
+        which = "images are" if first == (width, height) else "smallest images are"
         raise RunError(
-            f"the images are {width}x{height}, smaller than the {want_w}x{want_h} input of "
+            f"the {which} {width}x{height}, smaller than the {want_w}x{want_h} input of "
             f"{config.model}: pass --img-size {max(want_h, want_w)} to upscale them, or "
             f"--img-size {max(width, height)} to train at their own size"
         )

@@ -37,7 +37,6 @@ from ..data import ImageClassificationData, TransformedDataset
 from ..hub import RECORD_FILE, push_model
 from ..local import LocalModel
 from ..measure import MemoryMeter
-from ..models import TAGS
 from .checkpoint import CheckpointManager, TrainingProgress, load_checkpoint, resume_point
 from .config import RunConfig
 from .errors import RunError, first_line
@@ -253,9 +252,8 @@ class Run:
 
     def _push(self, net: LocalModel, record: RunRecord) -> None:
         config = self.config
-        tag = config.model if config.model in TAGS else None
         try:
-            push_model(net, config.push_to_hub, record=record, tag=tag)
+            push_model(net, config.push_to_hub, record=record, tag=config.published_tag())
         except Exception as error:  # the run is saved: say how to publish it by hand
             raise RunError(
                 f"--push-to-hub {config.push_to_hub} failed ({first_line(error)}); the trained "
