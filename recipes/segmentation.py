@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--tta",
                 choices=TTA_MODES,
                 default="ss",
-                help="single-scale (ss), multi-scale (ms) or multi-scale + flip (ms-flip)",
+                help="single-scale (ss), single-scale + flip (flip), multi-scale (ms) or "
+                "multi-scale + flip (ms-flip)",
             )
         else:
             sub.add_argument(
@@ -88,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument(
             "--data-root",
             metavar="DIR",
-            help="Cityscapes folder (leftImg8bit/, gtFine/) for every split "
-            "(default: the config's, data/cityscapes/)",
+            help="the dataset folder for every split (Cityscapes: leftImg8bit/, gtFine/) "
+            "(default: the config's data_root)",
         )
         sub.add_argument(
             "--work-dir", help="logs and checkpoints (default work_dirs/<config name>)"

@@ -13,6 +13,7 @@ from .formats import (
     load_local,
     read_cifar,
     read_idx,
+    read_idx_arrays,
     read_idx_file,
     smallest_image_size,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "model_in_chans",
     "read_cifar",
     "read_idx",
+    "read_idx_arrays",
     "read_idx_file",
     "resolve_data_config",
     "smallest_image_size",

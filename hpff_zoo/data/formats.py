@@ -34,6 +34,7 @@ __all__ = [
     "load_local",
     "read_cifar",
     "read_idx",
+    "read_idx_arrays",
     "read_idx_file",
     "smallest_image_size",
 ]
@@ -92,8 +93,12 @@ def _has_idx(root: Path) -> bool:
     return any(re.search(r"idx[13]-ubyte(\.gz)?$", p.name) for p in root.iterdir())
 
 
-def read_idx(root: Path, names: Sequence[str] | None = None):
-    """Train and test splits of an idx directory (``train-*`` and ``t10k-*`` files)."""
+def read_idx_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (images, labels), "test": ...}`` of an idx directory, as numpy arrays.
+
+    For consumers that need the raw pixels rather than a ``datasets.Dataset`` (the segmentation
+    scenes compose them onto canvases).
+    """
     splits = {}
     for split, prefix in IDX_SPLITS.items():
         images_path = _idx_path(root, prefix, "images", 3)
@@ -112,6 +117,12 @@ def read_idx(root: Path, names: Sequence[str] | None = None):
                 "not N images of H×W with N labels"
             )
         splits[split] = (images, labels.astype(np.int64))
+    return splits
+
+
+def read_idx(root: Path, names: Sequence[str] | None = None):
+    """Train and test splits of an idx directory (``train-*`` and ``t10k-*`` files)."""
+    splits = read_idx_arrays(root)
     num_classes = int(max(labels.max() for _, labels in splits.values())) + 1
     names = list(names) if names else [str(i) for i in range(num_classes)]
     return {split: dataset_from_arrays(x, y, names) for split, (x, y) in splits.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
+from mmseg.registry import DATASETS, MODELS
 
 from .transfer import backbone_overrides, load_hpff_state_dict
 
@@ -23,7 +24,8 @@ __all__ = [
     "use_tta",
 ]
 
-TTA_MODES = ("ss", "ms", "ms-flip")
+TTA_MODES = ("ss", "flip", "ms", "ms-flip")
+_TTA_PIPELINES = {"flip": "tta_pipeline_flip", "ms": "tta_pipeline_ms", "ms-flip": "tta_pipeline"}
 
 _PREPARE = (
     "Prepare Cityscapes as in recipes/segmentation/README.md: unzip leftImg8bit_trainvaltest.zip "
@@ -34,8 +36,16 @@ _PREPARE = (
 
 
 def check_data(cfg: Config, loader: str) -> None:
-    """Raise ``FileNotFoundError`` unless ``cfg[loader]``'s images and label maps are there."""
+    """Raise ``FileNotFoundError`` unless ``cfg[loader]``'s images and label maps are there.
+
+    A dataset type that generates its data (a ``generate_split(dataset_cfg)`` static method, e.g.
+    ``FashionMNISTScenesDataset``) generates it first.
+    """
     dataset = cfg[loader]["dataset"]
+    kind = dataset.get("type")
+    prepare = getattr(DATASETS.get(kind), "generate_split", None) if kind else None
+    if prepare is not None:
+        prepare(dataset)
     root = Path(dataset.get("data_root") or ".")
     prefix = dataset.get("data_prefix", {})
     checks = [
@@ -69,10 +79,16 @@ def use_backbone_checkpoint(cfg: Config, source: str) -> dict[str, object]:
     ImageNet ``pretrained`` weights. If the checkpoint's stem fits another mmseg ResNet variant
     than the configured one (``hpff_resnet101`` is timm's 7×7-stem ResNet, DeepLab-V3's configs
     use the deep-stem ResNetV1c), the backbone type is switched and a warning logged; a depth
-    mismatch is an error. Returns the backbone settings applied.
+    mismatch is an error. A backbone built from the timm model itself (``takes_timm_state_dict``)
+    takes the checkpoint as it is. Returns the backbone settings applied.
     """
-    overrides = backbone_overrides(load_hpff_state_dict(source))
     backbone = cfg.model.backbone
+    kind = backbone.get("type")
+    if kind and getattr(MODELS.get(kind), "takes_timm_state_dict", False):
+        # Built from the timm model itself (CifarResNetBackbone): the names match as they are.
+        backbone.init_cfg = ConfigDict(type="HPFFTransfer", checkpoint=str(source))
+        return {"type": backbone.type}
+    overrides = backbone_overrides(load_hpff_state_dict(source))
     if backbone.get("depth") != overrides["depth"]:
         raise ValueError(
             f"{source} is a ResNet-{overrides['depth']}, the config builds a "
@@ -117,17 +133,18 @@ def use_batch_norm(cfg: Config) -> int:
 
 
 def use_tta(cfg: Config, mode: str) -> None:
-    """Test single-scale (``ss``), multi-scale (``ms``) or multi-scale + flip (``ms-flip``).
+    """Test single-scale (``ss``), single-scale + flip (``flip``), multi-scale (``ms``) or
+    multi-scale + flip (``ms-flip``).
 
-    MS and MS+flip wrap the model in the config's ``tta_model`` (mmseg's ``SegTTAModel``, which
-    averages the predictions) and test with ``tta_pipeline_ms`` / ``tta_pipeline``, as mmseg's
-    ``tools/test.py --tta`` does.
+    Flip, MS and MS+flip wrap the model in the config's ``tta_model`` (mmseg's ``SegTTAModel``,
+    which averages the predictions) and test with ``tta_pipeline_flip`` / ``tta_pipeline_ms`` /
+    ``tta_pipeline``, as mmseg's ``tools/test.py --tta`` does.
     """
     if mode not in TTA_MODES:
         raise ValueError(f"unknown test mode {mode!r}; choose from {list(TTA_MODES)}")
     if mode == "ss":
         return
-    key = "tta_pipeline" if mode == "ms-flip" else "tta_pipeline_ms"
+    key = _TTA_PIPELINES[mode]
     if key not in cfg or "tta_model" not in cfg:
         raise ValueError(f"--tta {mode} needs {key} and tta_model in the config")
     cfg.test_dataloader.dataset.pipeline = cfg[key]

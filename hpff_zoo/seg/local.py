@@ -128,7 +128,7 @@ class DenseLocalModel(LocalModel):
         """
         last = index == self.num_modules - 1
         for atom in self.partition.module_atoms(index):
-            x = atom(x)
+            x = self._run_atom(index, atom, x)
             if atom.name in self.stage_atoms:
                 self._stages[self.stage_atoms[atom.name]] = x if last else x.detach()
         return x

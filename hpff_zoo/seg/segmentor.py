@@ -88,6 +88,7 @@ class HPFFEncoderDecoder(EncoderDecoder):
             # partition's atoms hold the backbone's layers (the runner's would come too late).
             self.backbone = revert_sync_batchnorm(self.backbone)
         crop = self._crop_size()
+        channels = self._input_channels()
         with _sync_bn_as_bn(self.backbone):
             local = DenseLocalModel(
                 self._backbone_chain(),
@@ -100,8 +101,8 @@ class HPFFEncoderDecoder(EncoderDecoder):
                 balance=balance,
                 hilo_weights=tuple(hilo_weights),
                 aux_options=aux_options,
-                input_size=(3, *crop),
-                trace_size=(3, *(min(side, TRACE_SIDE) for side in crop)),
+                input_size=(channels, *crop),
+                trace_size=(channels, *(min(side, TRACE_SIDE) for side in crop)),
             )
         object.__setattr__(self, "_local", local)  # shares the backbone: not a submodule
         self.local_aux = local.aux
@@ -121,6 +122,11 @@ class HPFFEncoderDecoder(EncoderDecoder):
                 "model.data_preprocessor.size = crop_size (as mmseg's configs do)"
             )
         return int(size[0]), int(size[1])
+
+    def _input_channels(self) -> int:
+        """Image channels, from the preprocessor's normalisation (1 for grayscale configs)."""
+        mean = getattr(self.data_preprocessor, "mean", None)
+        return 3 if mean is None else int(mean.numel())
 
     def _backbone_chain(self) -> BackboneChain:
         backbone = self.backbone
