@@ -42,6 +42,25 @@ def test_paper_defaults(name):
     assert model.pretrained_cfg["classifier"].startswith("backbone.")
 
 
+def test_a_tags_pinned_auxiliaries_go_only_to_builds_that_name_none():
+    """The Fashion-MNIST tags pin the default auxiliaries at a 10 % budget. A build on such a tag
+    that names its own ``aux`` must get that architecture unshrunk: ``aux="paper"`` is the
+    official one (this once silently inherited the tag's budget); another method gets its own."""
+    tag = "hpff_resnet32.fmnist_infopro_k16_hpff"
+    assert timm.create_model(tag, num_classes=10).aux_budget == 0.1
+    paper = timm.create_model(tag, num_classes=10, aux="paper")
+    shrunk = timm.create_model(tag, num_classes=10, aux="paper", aux_budget=0.1)
+    assert (paper.aux_budget, shrunk.aux_budget) == (None, 0.1)
+    assert paper.aux_arch == timm.create_model("hpff_resnet32", aux="paper").aux_arch
+    assert _count(shrunk.aux) < _count(paper.aux)
+    dgl = timm.create_model(tag, num_classes=10, method="dgl")
+    assert dgl.aux_arch == timm.create_model("hpff_resnet32", method="dgl").aux_arch
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 @pytest.mark.parametrize("name", sorted(PAPER_DEFAULTS))
 def test_model_infers_learns_and_exports_its_backbone(name):
     res = SMALL_INPUT[name]

@@ -44,6 +44,7 @@ LOCAL_KWARGS = (
     "num_modules", "method", "hilo", "pff", "splits", "balance", "hilo_weights", "aux_options",
     "input_size", "trace_size", "aux", "aux_budget", "pff_scope",
 )  # fmt: skip
+AUX_PINS = ("aux", "aux_budget", "pff_scope")
 FEATURE_KWARGS = ("out_indices", "feature_cls")
 _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
 
@@ -149,7 +150,7 @@ def _create(
     cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
     spec = TAGS.get(f"{name}.{cfg.get('tag')}") or TIMM_BACKBONES.get(f"{name}.{cfg.get('tag')}")
     base, defaults = HPFF_MODELS[name]
-    settings = {**HPFF_DEFAULTS, **defaults, **(spec.model_kwargs() if spec else {})}
+    settings = {**HPFF_DEFAULTS, **defaults, **(_tag_settings(spec, kwargs) if spec else {})}
     for key, value in settings.items():
         kwargs.setdefault(key, value)
     kwargs.update(with_default_aux(kwargs))
@@ -170,6 +171,21 @@ def _create(
     if features is not None:
         return _features(base, model.pretrained_cfg, model.backbone.state_dict(), features, kwargs)
     return _describe_input(model)
+
+
+def _tag_settings(spec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The tag's training settings that this build inherits.
+
+    A tag's pinned auxiliaries (architecture, budget, scope) belong to its own method and preset:
+    a build that names its own ``aux`` or another ``method`` gets none of them, so that e.g.
+    ``aux="paper"`` on a tag pinned at a 10 % budget is the official architecture, not a shrunk
+    one. The rest (K, HiLo, PFF, method) stay defaults that any keyword argument overrides.
+    """
+    settings = spec.model_kwargs()
+    if "aux" in kwargs or kwargs.get("method", settings.get("method")) != settings.get("method"):
+        for key in AUX_PINS:
+            settings.pop(key, None)
+    return settings
 
 
 def _describe_input(model: LocalModel) -> LocalModel:
