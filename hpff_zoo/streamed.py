@@ -219,10 +219,13 @@ class _StreamedStep:
             h = self._forward(j, h)
             aux = model.aux
             independent = aux["independent"][f"module{j + 1}"]
+            # The auxiliary gradients are full-size maps: each is scaled in place and handed
+            # over, never held here beside what it was added to (see _release).
             g_ind, loss = model._aux_gradient(
                 independent, h, self.y, self._image_for(independent), self.backward
             )
-            self._collect(j, g_ind, w_ind)
+            self._collect(j, g_ind.mul_(w_ind))
+            del g_ind
             loss = w_ind * loss
             if model._has_cascade_aux(j):
                 cascade = aux["cascade"][f"module{j + 1}"]
@@ -230,12 +233,14 @@ class _StreamedStep:
                     cascade, h, self.y, self._image_for(cascade), self.backward
                 )
                 self._carry_back(j, g_cas.mul_(w_cas), self.k)
+                del g_cas
                 loss = loss + w_cas * cascade_loss
             self.losses[f"module{j + 1}"] = loss
-            self._release(j - self.k + 1)
             if self.recompute and j in self.outputs:  # re-run when its gradient arrives
+                # Before the release below re-runs an earlier module: else two graphs are alive.
                 self.outputs[j] = None
                 h = h.detach()
+            self._release(j - self.k + 1)
         return h
 
     def _image_for(self, aux: AuxNet) -> Tensor | None:
@@ -324,16 +329,19 @@ class _StreamedStep:
             return
         params = self.parameters[j]
         h = self._graph(j) if params else None
-        grad = self.pending.pop(j)
+        on_cpu = self.pending[j].device.type == "cpu"
         if h is not None and h.requires_grad:
             with self.model._recomputing():
-                torch.autograd.backward(h, grad, inputs=params)
+                # The collected gradient goes to the engine unreferenced here: it is freed once
+                # the module's last node has used it, not after the whole backward.
+                torch.autograd.backward(h, self.pending.pop(j), inputs=params)
+        self.pending.pop(j, None)
         del self.outputs[j], self.inputs[j]
         self.rng.pop(j, None)
         self.released += 1
         every = self.model.trim_cpu_heap
-        if every and self.released % every == 0 and grad.device.type == "cpu":
-            del h, grad  # the module's last references: its activations are free now
+        if every and self.released % every == 0 and on_cpu:
+            del h  # the module's last reference: its activations are free now
             cpu_heap.trim()
 
 
