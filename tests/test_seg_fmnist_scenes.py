@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("mmseg", reason='segmentation extra not installed: pip install -e ".[seg]"')
 
 from hpff_zoo.data.formats import DatasetError
-from hpff_zoo.seg import CifarResNetBackbone
+from hpff_zoo.seg import CifarResNetBackbone, report
 from hpff_zoo.seg.fmnist_scenes import THRESHOLD, compose_scene, default_source, write_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +113,29 @@ def test_one_iteration_of_each_method_from_its_shipped_checkpoint(method, tmp_pa
              "--cfg-options", *tiny]
         )  # fmt: skip
         assert math.isfinite(metrics["mIoU"])
+
+
+def test_report_reads_each_figure_from_the_file_the_run_wrote(tmp_path, capsys):
+    run = tmp_path / "e2e-scratch"
+    (run / "20261204_000000" / "vis_data").mkdir(parents=True)
+    scalars = [
+        dict(loss=0.9, time=0.4, step=25),
+        dict(loss=0.7, time=0.5, step=50),
+        dict(mIoU=31.5, aAcc=80.0, step=50),
+        dict(loss=0.6, time=0.5, step=60),
+        dict(mIoU=35.25, aAcc=86.0, step=60),
+    ]
+    lines = "\n".join(json.dumps(s) for s in scalars) + "\n"
+    (run / "20261204_000000" / "vis_data" / "scalars.json").write_text(lines)
+    (run / "step_memory.json").write_text(json.dumps(dict(peak_mib=12.5)))
+    (run / "test_flip" / "20261204_010000").mkdir(parents=True)
+    (run / "test_flip" / "20261204_010000" / "20261204_010000.json").write_text('{"mIoU": 36.0}')
+    (reports,) = report.main([str(run), "--out", str(tmp_path / "out")])
+    assert (reports.miou, reports.miou_flip, reports.step_peak_mib) == (35.25, 36.0, 12.5)
+    assert reports.val_miou == [(50, 31.5), (60, 35.25)]
+    assert reports.train_seconds == pytest.approx(0.4 * 25 + 0.5 * 25 + 0.5 * 10)
+    row = "| e2e-scratch | 35.25 | 36.00 | 31.5 @50, 35.2 @60 | 12.5 | 0.5 |"
+    assert row in (tmp_path / "out" / "report.md").read_text() and row in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "missing")])
+    assert "not a work dir" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""``python -m hpff_zoo.seg.report``: one table from finished segmentation runs' work dirs.
+
+Every figure comes from a file mmengine or this package wrote in the run's work dir, so each is
+traceable: the loss and validation curves from ``<timestamp>/vis_data/scalars.json`` (the last
+training session's), the step peak from :class:`~hpff_zoo.seg.StepMemoryHook`'s
+``step_memory.json``, the flip test from ``recipes/segmentation.py test --tta flip
+--work-dir RUN/test_flip``, and the training time as mmengine measured it: the sum of its
+per-iteration ``time`` over the logged intervals (validation and start-up excluded).
+
+    python -m hpff_zoo.seg.report work_dirs/e2e-scratch work_dirs/e2e-transfer --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["RunReport", "read_run", "table"]
+
+
+@dataclass
+class RunReport:
+    """What one run's work dir records."""
+
+    name: str
+    val_miou: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mIoU)
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (iteration, train loss)
+    miou_flip: float | None = None
+    step_peak_mib: float | None = None
+    train_seconds: float = 0.0
+
+    @property
+    def miou(self) -> float | None:
+        """Single-scale mIoU of the last validation."""
+        return self.val_miou[-1][1] if self.val_miou else None
+
+
+def _latest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern))
+    return found[-1] if found else None
+
+
+def read_run(work_dir: Path) -> RunReport:
+    """The figures of the run in ``work_dir`` (a run with no scalars yet reads empty)."""
+    report = RunReport(work_dir.name)
+    scalars = _latest(work_dir, "2*/vis_data/scalars.json")
+    if scalars is not None:
+        previous = 0
+        for line in scalars.read_text().splitlines():
+            record = json.loads(line)
+            if "mIoU" in record:
+                report.val_miou.append((record["step"], record["mIoU"]))
+            elif "loss" in record:
+                report.loss.append((record["step"], round(record["loss"], 4)))
+                report.train_seconds += record["time"] * (record["step"] - previous)
+                previous = record["step"]
+    flip = _latest(work_dir / "test_flip", "2*/2*.json")
+    if flip is not None:
+        report.miou_flip = json.loads(flip.read_text())["mIoU"]
+    memory = work_dir / "step_memory.json"
+    if memory.is_file():
+        report.step_peak_mib = json.loads(memory.read_text())["peak_mib"]
+    return report
+
+
+def table(reports: list[RunReport]) -> str:
+    """A Markdown table: mIoU single-scale and flip, the validation curve, step peak, time."""
+
+    def number(value: float | None, digits: int = 2) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| run | mIoU SS | mIoU flip | val mIoU by iteration | step peak MiB | train min |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        curve = ", ".join(f"{m:.1f} @{i}" for i, m in r.val_miou) or "–"
+        lines.append(
+            f"| {r.name} | {number(r.miou)} | {number(r.miou_flip)} | {curve} "
+            f"| {number(r.step_peak_mib, 1)} | {r.train_seconds / 60:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[RunReport]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("runs", nargs="+", type=Path, help="work dirs of recipes/segmentation.py")
+    parser.add_argument("--out", type=Path, help="folder for report.json and report.md")
+    args = parser.parse_args(argv)
+    missing = [str(run) for run in args.runs if not run.is_dir()]
+    if missing:
+        parser.error(f"not a work dir: {', '.join(missing)}")
+    reports = [read_run(run) for run in args.runs]
+    text = table(reports)
+    print(text, end="")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.md").write_text(text)
+        records = [asdict(r) | {"miou": r.miou} for r in reports]
+        (args.out / "report.json").write_text(json.dumps(records, indent=1) + "\n")
+    return reports
+
+
+if __name__ == "__main__":
+    main()
