@@ -9,7 +9,12 @@ compiles a module in place: parameter names, ``state_dict`` and the hub export s
 eager model, and the schedule, its detaching and its gradients are untouched. An E2E model has
 no local step to stream, so its whole backbone is compiled as one graph instead.
 
-Whether this pays depends on the machine; ``docs/compile.md`` has what it measured on a CPU.
+Shapes are static by default (``dynamic=False``): the blocks of a backbone share one forward
+(every ``BasicBlock``), as do the auxiliaries of a method, at different shapes, and torch's
+automatic dynamic shapes then make inductor fail on them (torch 2.14.1, InfoPro at K=16:
+"cannot determine truth value of Relational"); static shapes compile one graph per shape.
+Whether compiling pays depends on the machine; ``python -m hpff_zoo.benchmark compile``
+measures it (the figures on this CPU are in ``recipes/results/speed/``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def compile_local(
     backend: str = "inductor",
     *,
     mode: str | None = None,
-    dynamic: bool | None = None,
+    dynamic: bool | None = False,
     options: dict[str, Any] | None = None,
 ) -> LocalModel:
     """Compile ``model``'s blocks and auxiliary networks in place; returns ``model``.
@@ -53,7 +58,8 @@ def compile_local(
     Args:
         model: an hpff_* or :func:`~hpff_zoo.from_timm` model.
         backend, mode, dynamic, options: passed to :func:`torch.compile` (``backend="aot_eager"``
-            traces without generating code: no C++ compiler needed).
+            traces without generating code: no C++ compiler needed; ``dynamic=None`` is torch's
+            automatic dynamic shapes, see above).
 
     Compilation happens lazily, in the first steps (one graph per block shape and per auxiliary
     network, for the forward and the backward).
