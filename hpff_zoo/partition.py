@@ -251,6 +251,11 @@ def flatten(backbone: nn.Module, input_size: Sequence[int]) -> list[Atom]:
         )
     x = _sample_input(backbone, input_size)
     was_training = backbone.training
+    # timm's activation checkpointing runs the blocks through checkpoint_seq, not as the
+    # children the chain is read from: trace the plain forward (the atoms are the same).
+    checkpointing = bool(getattr(backbone, "grad_checkpointing", False))
+    if checkpointing:
+        backbone.set_grad_checkpointing(False)
     backbone.eval()
     try:
         with torch.no_grad():
@@ -268,6 +273,8 @@ def flatten(backbone: nn.Module, input_size: Sequence[int]) -> list[Atom]:
                 atoms, y = _flatten_chain("", children, x)
     finally:
         backbone.train(was_training)
+        if checkpointing:
+            backbone.set_grad_checkpointing(True)
     if not _same(y, reference):
         raise ValueError(
             f"cannot flatten {type(backbone).__name__}: its forward_features is not a chain of "

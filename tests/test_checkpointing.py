@@ -14,6 +14,7 @@ import timm
 import torch
 from torch import nn
 
+import hpff_zoo
 from hpff_zoo import MemoryMeter
 
 from .helpers import batch
@@ -154,3 +155,22 @@ def test_checkpointed_segmentation_local_step_is_the_plain_step():
     checkpointed.local.set_grad_checkpointing(True)
     x, y, _ = tiny_batch(2)
     _assert_same_step(plain, checkpointed, x.double(), y, local=lambda m: m.local.local_step)
+
+
+def test_a_checkpointed_backbone_partitions_and_records_plain_e2e_as_its_baseline():
+    """A run whose planner chose checkpointing ended in a traceback: its record's E2E twin
+    re-partitioned the checkpointed backbone, whose blocks timm's checkpoint_seq runs instead of
+    its children. Flattening traces the plain forward; the baseline is plain E2E."""
+    from hpff_zoo.training.record import peak_memory_against_e2e
+
+    x, y = batch(8)
+    plain = timm.create_model("hpff_resnet32", num_modules=4, method="dgl", hilo=False, pff=1)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    (_, e2e), (local, e2e_again) = (peak_memory_against_e2e(m, x, y) for m in (plain, checkpointed))
+    assert e2e_again == e2e and local < e2e
+    assert checkpointed.backbone.grad_checkpointing  # restored after the trace
+    backbone = timm.create_model("cifar_resnet32", num_classes=10)
+    backbone.set_grad_checkpointing(True)
+    wrapped = hpff_zoo.from_timm(backbone, num_modules=4, method="dgl", hilo=False, pff=1)
+    assert wrapped.num_modules == 4 and backbone.grad_checkpointing

@@ -46,14 +46,15 @@ def peak_memory_against_e2e(model: LocalModel, x: torch.Tensor, y: torch.Tensor)
     """Peak bytes of one training step of ``model``'s setting and of E2E, on batch ``(x, y)``.
 
     Both run on copies, so the trained model's weights, gradients and BatchNorm statistics are
-    left as they are.
+    left as they are. The E2E figure is plain backprop, also when ``model`` checkpoints.
     """
     local = step_peak_bytes(_fresh_copy(model), x, y)
-    if model.method == "e2e":
+    backbone = _fresh_copy(model.backbone)
+    if getattr(backbone, "grad_checkpointing", False):  # the baseline is plain E2E
+        backbone.set_grad_checkpointing(False)
+    elif model.method == "e2e":
         return local, local
-    e2e = LocalModel(
-        _fresh_copy(model.backbone), num_modules=1, method="e2e", input_size=model.input_size
-    )
+    e2e = LocalModel(backbone, num_modules=1, method="e2e", input_size=model.input_size)
     return local, step_peak_bytes(e2e, x, y)
 
 
