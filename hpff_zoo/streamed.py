@@ -220,11 +220,11 @@ class _StreamedStep:
             aux = model.aux
             independent = aux["independent"][f"module{j + 1}"]
             # The auxiliary gradients are full-size maps: each is scaled in place and handed
-            # over, never held here beside what it was added to (see _release).
+            # over, never held here beside what it was added to.
             g_ind, loss = model._aux_gradient(
                 independent, h, self.y, self._image_for(independent), self.backward
             )
-            self._collect(j, g_ind.mul_(w_ind))
+            self._collect(j, g_ind if w_ind == 1.0 else g_ind.mul_(w_ind))
             del g_ind
             loss = w_ind * loss
             if model._has_cascade_aux(j):
@@ -283,13 +283,13 @@ class _StreamedStep:
                 h = self.model._run_module(j, self.inputs[j])
         return h
 
-    def _collect(self, j: int, grad: Tensor, weight: float = 1.0) -> None:
-        """Add ``weight · grad`` to what module j's output has collected (in place after the
-        first: these are full-size maps, and a step makes several per module)."""
+    def _collect(self, j: int, grad: Tensor) -> None:
+        """Add ``grad`` to what module j's output has collected (in place after the first:
+        these are full-size maps, and a step makes several per module)."""
         if j in self.pending:
-            self.pending[j].add_(grad, alpha=weight)
+            self.pending[j].add_(grad)
         else:
-            self.pending[j] = grad if weight == 1.0 else grad * weight
+            self.pending[j] = grad
 
     def _carry_back(self, j: int, grad: Tensor, reach: int) -> None:
         """Add ``grad`` (w.r.t. h_j) to module j and pass it back through reach-1 modules.
@@ -329,19 +329,16 @@ class _StreamedStep:
             return
         params = self.parameters[j]
         h = self._graph(j) if params else None
-        on_cpu = self.pending[j].device.type == "cpu"
+        grad = self.pending.pop(j)
         if h is not None and h.requires_grad:
             with self.model._recomputing():
-                # The collected gradient goes to the engine unreferenced here: it is freed once
-                # the module's last node has used it, not after the whole backward.
-                torch.autograd.backward(h, self.pending.pop(j), inputs=params)
-        self.pending.pop(j, None)
+                torch.autograd.backward(h, grad, inputs=params)
         del self.outputs[j], self.inputs[j]
         self.rng.pop(j, None)
         self.released += 1
         every = self.model.trim_cpu_heap
-        if every and self.released % every == 0 and on_cpu:
-            del h  # the module's last reference: its activations are free now
+        if every and self.released % every == 0 and grad.device.type == "cpu":
+            del h, grad  # the module's last references: its activations are free now
             cpu_heap.trim()
 
 
