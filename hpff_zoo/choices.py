@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import difflib
 from collections.abc import Iterable
+from typing import NoReturn
 
-__all__ = ["closest", "hpff_model", "one_of", "positive_int", "unknown_name"]
+__all__ = ["OneLineParser", "closest", "hpff_model", "one_of", "positive_int", "unknown_name"]
 
 
 def closest(name: object, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -39,12 +40,32 @@ def unknown_name(what: str, name: object, candidates: Iterable[str], listed: int
     return message
 
 
-# --- argparse types: a bad flag value is argparse's one usage line, before any work ----------
+# --- argparse: a bad flag value is one line, before any work ----------------------------------
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``prog: error: ... (see --help)``.
+
+    argparse prints the usage first, a screen of flags for the recipes and benchmarks that
+    buries the one line saying what was wrong. Subcommands' parsers (``add_subparsers``) are of
+    the same class, so every command of a CLI built on it answers the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):  # argparse names no close flag for a misspelt one
+            flags = [f for f in message[len(prefix) :].split() if f.startswith("--")]
+            near = [c for flag in flags for c in closest(flag, self._option_string_actions, 1)]
+            if near:
+                message += f"; did you mean {' or '.join(near)}?"
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def positive_int(text: str) -> int:
     """``type=`` of a count flag (batch size, K, resolution, classes, repetitions)."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value

@@ -53,6 +53,7 @@ from .cards import (
     render_card,
     render_timm_backbone_card,
 )
+from .choices import OneLineParser, unknown_name
 from .local import LocalModel, from_timm
 from .models import tags
 from .models.hpff import HPFF_MODELS, LOCAL_KWARGS
@@ -249,7 +250,7 @@ def export_model(
     spec = None
     if tag is not None:
         if tag not in TAGS:
-            raise ValueError(f"unknown tag {tag!r}; catalogue tags: {', '.join(TAGS)}")
+            raise ValueError(unknown_name("tag", tag, TAGS) + " (python -m hpff_zoo.hub list)")
         spec = TAGS[tag]
         _check_tag(model, spec)
     out_dir = Path(out_dir)
@@ -524,8 +525,8 @@ def write_catalogue_cards(
             written.append(_write_card(out_dir, name, render_timm_backbone_card(backbone, planned)))
             continue
         if name not in TAGS:
-            known = ", ".join([*TIMM_BACKBONES, *TAGS])
-            raise ValueError(f"unknown tag {name!r}; catalogue tags: {known}")
+            known = [*TIMM_BACKBONES, *TAGS]
+            raise ValueError(unknown_name("tag", name, known) + " (python -m hpff_zoo.hub list)")
         spec, folder = TAGS[name], Path(out_dir) / name
         if (folder / WEIGHTS_FILE).is_file() and (folder / RECORD_FILE).is_file():
             record = RunRecord.load(folder / RECORD_FILE)
@@ -552,7 +553,7 @@ def _write_card(out_dir: str | Path, name: str, card: str) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m hpff_zoo.hub",
         description="Export, publish and describe hpff-zoo checkpoints as Hub folders.",
     )

@@ -28,7 +28,6 @@ error states the smallest peak any candidate reaches.
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from dataclasses import dataclass, replace
 import timm
 import torch
 
-from .choices import hpff_model, one_of, positive_int, unknown_name
+from .choices import OneLineParser, hpff_model, one_of, positive_int, unknown_name
 from .local import METHODS, LocalModel
 from .measure import example_batch, measure_speed, static_bytes, step_peak_bytes
 
@@ -435,9 +434,7 @@ def _grids(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> Plan:
-    parser = argparse.ArgumentParser(
-        prog="python -m hpff_zoo.planner", description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineParser(prog="python -m hpff_zoo.planner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=hpff_model, help="an hpff_* model name")
     parser.add_argument(
         "--batch-size", type=positive_int, required=True, help="training batch size"

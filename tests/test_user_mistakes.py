@@ -68,6 +68,61 @@ def test_benchmark_flags_are_refused_in_one_line(argv, message, capsys):
     assert message in error and error.startswith("python -m hpff_zoo.benchmark memory: error:")
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["speed", "--num-modules", "x"], "must be a positive integer, got 'x'"),
+        (["compile", "--configs", "dlg"], "did you mean 'dgl'"),
+        (["compile", "--backend", "inductr"], "did you mean 'inductor'"),
+        (["compile", "--model", "hpff_resnt32"], "did you mean 'hpff_resnet32'"),
+        (["gpu", "--out", "x", "--configs", "infopr"], "did you mean 'infopro'"),
+        (["gpu", "--out", "x", "--settings", "r33"], "unknown setting 'r33'; did you mean 'r32'"),
+        (["accuracy", "--jobs", "0"], "must be a positive integer, got 0"),
+        (["accuracy", "--model", "hpff_resnt32"], "did you mean 'hpff_resnet32'"),
+        (["parallel", "--method", "dlg"], "did you mean 'dgl'"),
+        (["parallel", "--stages", "0"], "must be a positive integer, got 0"),
+        (["memroy"], "invalid choice: 'memroy'"),
+    ],
+)
+def test_every_benchmark_command_refuses_a_bad_flag_in_one_line(argv, message, capsys):
+    """No usage screen before the error, no traceback after minutes of work: one line."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_accuracy_cells_are_checked_before_any_training(capsys, tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --cells: unknown method 'dlg'; did you mean"):
+        cli.main(["accuracy", "--cells", "dlg", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "module,argv,message",
+    [
+        ("hub", ["lst"], "invalid choice: 'lst'"),
+        ("planner", ["--model", "hpff_resnet32", "--batch-size", "8", "--budget", "1GB",
+                     "--no-hillo"], "unrecognized arguments: --no-hillo; did you mean --no-hilo?"),
+    ],
+)  # fmt: skip
+def test_hub_and_planner_flag_mistakes_are_one_line(module, argv, message, capsys):
+    main = __import__(f"hpff_zoo.{module}", fromlist=["main"]).main
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_an_unknown_hub_tag_names_the_closest(capsys):
+    from hpff_zoo import hub
+
+    assert hub.main(["cards", "--tag", "hpff_resnet32.fmnist_e2", "--out", "unused"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown tag 'hpff_resnet32.fmnist_e2'; did you mean 'hpff_resnet32.fmnist_e2e'" in err
+
+
 def test_benchmark_k_the_model_cannot_take_is_one_line():
     with pytest.raises(SystemExit, match=r"^error: num_modules=100 exceeds the 16 atoms"):
         cli.main(["memory", "--no-rss", "--configs", "infopro", "--num-modules", "100"])

@@ -11,12 +11,14 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from ..choices import hpff_model, positive_int, unknown_name
+from ..choices import OneLineParser, hpff_model, one_of, positive_int
+from ..local import METHODS
 from ..measure import example_batch
 from . import gpu, torch_compile
 from .accuracy import (
@@ -33,13 +35,13 @@ from .accuracy import (
     run_grid,
     summarize,
 )
+from .flags import config_list, device, int_list
 from .pareto import join_accuracy_and_speed, pareto_table
 from .steps import (
     DEFAULT_CONFIGS,
     StepMeasurement,
     build,
     measure_memory,
-    model_kwargs,
     rss_growth_bytes,
     speed_measurements,
     steps_table,
@@ -47,35 +49,15 @@ from .steps import (
 
 __all__ = ["main"]
 
+Config = TypeVar("Config")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cifar.py"
 
 
-def _int_list(text: str) -> list[int]:
-    return [positive_int(item) for item in text.split(",")]
-
-
-def _config_list(text: str) -> list[str]:
-    configs = text.split(",")
-    for config in configs:
-        try:
-            model_kwargs(config)  # fail on a bad name before building anything
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-    return configs
-
-
-def _device(text: str) -> str:
-    try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            unknown_name("device", text, ("cpu", "cuda", "mps"))
-        ) from None
-    return text
+_method = one_of("method", METHODS)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m hpff_zoo.benchmark",
         description="Measure peak training memory, step time and test accuracy of local "
         "learning configurations against E2E. Configurations: e2e, or a method (dgl, infopro, "
@@ -97,13 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--configs",
             default=",".join(DEFAULT_CONFIGS),
-            type=_config_list,
+            type=config_list,
             help="comma-separated configurations, e.g. e2e,e2e+ckpt,dgl,infopro+hpff+ckpt "
             "(default: %(default)s)",
         )
         sub.add_argument(
             "--num-modules",
-            type=_int_list,
+            type=int_list,
             help="K, or a comma-separated list of K for a memory-vs-K sweep (default: the "
             "model's paper value)",
         )
@@ -129,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--device",
             default="cuda" if torch.cuda.is_available() else "cpu",
-            type=_device,
+            type=device,
             help="where to measure (default: %(default)s)",
         )
         _output_flags(sub)
@@ -141,15 +123,17 @@ def _parser() -> argparse.ArgumentParser:
         "process with 1 and S threads, then S stage processes with 1 thread each, same model "
         "and batch.",
     )
-    parallel.add_argument("--model", default="hpff_resnet32", help="hpff_* model")
-    parallel.add_argument("--method", default="infopro", help="local method")
-    parallel.add_argument("--num-modules", type=int, default=4, help="K (default: 4)")
+    parallel.add_argument("--model", default="hpff_resnet32", type=hpff_model, help="hpff_* model")
+    parallel.add_argument("--method", default="infopro", type=_method, help="local method")
+    parallel.add_argument("--num-modules", type=positive_int, default=4, help="K (default: 4)")
     parallel.add_argument("--hilo", type=int, default=2, help="cascade size, 0: off (default: 2)")
-    parallel.add_argument("--pff", type=int, default=2, help="PFF grid (default: 2)")
-    parallel.add_argument("--stages", type=int, default=2, help="S processes (default: 2)")
-    parallel.add_argument("--batch-size", type=int, default=256, help="batch (default: 256)")
-    parallel.add_argument("--micro-batches", type=int, default=4, help="M (default: 4)")
-    parallel.add_argument("--steps", type=int, default=4, help="timed steps (default: 4)")
+    parallel.add_argument("--pff", type=positive_int, default=2, help="PFF grid (default: 2)")
+    parallel.add_argument("--stages", type=positive_int, default=2, help="S processes (default: 2)")
+    parallel.add_argument(
+        "--batch-size", type=positive_int, default=256, help="batch (default: 256)"
+    )
+    parallel.add_argument("--micro-batches", type=positive_int, default=4, help="M (default: 4)")
+    parallel.add_argument("--steps", type=positive_int, default=4, help="timed steps (default: 4)")
     parallel.add_argument("--warmup", type=int, default=1, help="untimed steps (default: 1)")
     parallel.add_argument("--timeout", type=float, default=300.0, help="seconds (default: 300)")
 
@@ -161,10 +145,15 @@ def _parser() -> argparse.ArgumentParser:
         "peak step memory and training time. Finished cells are read, not retrained. Flags "
         "after a lone -- go to every recipe run (e.g. -- --epochs 1).",
     )
-    accuracy.add_argument("--model", default="hpff_resnet32", help="an hpff_* architecture")
+    accuracy.add_argument(
+        "--model", default="hpff_resnet32", type=hpff_model, help="an hpff_* architecture"
+    )
     accuracy.add_argument("--dataset", default="fashion_mnist", help="the recipes' --dataset")
     accuracy.add_argument(
-        "--num-modules", type=int, default=16, help="K of cells that give none (default: 16)"
+        "--num-modules",
+        type=positive_int,
+        default=16,
+        help="K of cells that give none (default: 16)",
     )
     accuracy.add_argument(
         "--cells",
@@ -177,9 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         help="recipe preset fixing the shared schedule (default: %(default)s: 10,000 training "
         "images, 2 epochs, batch 128); 'none' for the recipe's own defaults",
     )
-    accuracy.add_argument("--jobs", type=int, default=1, help="cells trained at once")
+    accuracy.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once")
     accuracy.add_argument(
-        "--threads", type=int, help="CPU threads per cell (default: CPU cores / jobs)"
+        "--threads", type=positive_int, help="CPU threads per cell (default: CPU cores / jobs)"
     )
     accuracy.add_argument(
         "--recipe", type=Path, default=DEFAULT_RECIPE, help="recipes/cifar.py of a checkout"
@@ -305,7 +294,10 @@ def _parallel(args: argparse.Namespace) -> dict[str, float]:
     from ..parallel import ThroughputSetting, measure_throughput
 
     fields = ThroughputSetting.__dataclass_fields__
-    results = measure_throughput(ThroughputSetting(**{k: getattr(args, k) for k in fields}))
+    try:
+        results = measure_throughput(ThroughputSetting(**{k: getattr(args, k) for k in fields}))
+    except ValueError as error:  # a K the model cannot be split into, a HiLo longer than K
+        raise SystemExit(f"error: {error}") from None
     print(
         f"{args.model} {args.method} K={args.num_modules} HiLo={args.hilo} PFF={args.pff}, "
         f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps"
@@ -325,7 +317,10 @@ def _accuracy(args: argparse.Namespace, recipe_args: Sequence[str]) -> list[Row]
             f"no recipe at {args.recipe}: the accuracy grid trains through recipes/cifar.py of a "
             "source checkout; pass --recipe PATH"
         )
-    cells = parse_cells(args.cells, args.num_modules)
+    try:
+        cells = parse_cells(args.cells, args.num_modules)
+    except ValueError as error:  # a misspelt configuration, a cell given twice
+        raise SystemExit(f"error: --cells: {error}") from None
     recorded: list[CellResult] = []
     if args.merge is not None:
         try:
@@ -419,6 +414,11 @@ def _pareto(args: argparse.Namespace) -> str:
     return table
 
 
+def _typed(config_class: type[Config], args: argparse.Namespace) -> Config:
+    """The subcommand's typed configuration from the parsed flags (one field per flag)."""
+    return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+
+
 def main(argv: Sequence[str] | None = None):
     """Run one subcommand; returns its measurements (memory, speed) or summary rows (accuracy)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -436,9 +436,9 @@ def main(argv: Sequence[str] | None = None):
     if args.command == "pareto":
         return _pareto(args)
     if args.command == "gpu":
-        return gpu.run(args)
+        return gpu.run(_typed(gpu.GpuCheck, args))
     if args.command == "compile":
-        return torch_compile.run(args)
+        return torch_compile.run(_typed(torch_compile.CompileCheck, args))
     results = _steps(args)
     table = steps_table(args.command, results)
     print(f"{args.model}, batch {args.batch_size}, {args.device}\n\n{table}")

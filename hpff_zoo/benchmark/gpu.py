@@ -16,12 +16,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from ..choices import positive_int, unknown_name
 from ..measure import MemoryMeter, example_batch
+from .flags import config_list
 from .steps import (
     StepMeasurement,
     build,
@@ -31,7 +34,15 @@ from .steps import (
     steps_table,
 )
 
-__all__ = ["GPU_CONFIGS", "PAPER_MEMORY_RATIO", "SETTINGS", "Setting", "add_parser", "run"]
+__all__ = [
+    "GPU_CONFIGS",
+    "PAPER_MEMORY_RATIO",
+    "SETTINGS",
+    "GpuCheck",
+    "Setting",
+    "add_parser",
+    "run",
+]
 
 GPU_CONFIGS = ("e2e", "e2e+ckpt", "infopro", "infopro+hpff", "infopro+hpff:paper", "dgl+hpff")
 # Table 3 of the paper, GPU memory of InfoPro* / BP at these settings.
@@ -62,13 +73,26 @@ SETTINGS = {
 _TESTS = Path(__file__).resolve().parents[2] / "tests" / "test_cuda.py"
 
 
+@dataclass(frozen=True)
+class GpuCheck:
+    """What :func:`run` measures, one field per flag of ``benchmark gpu`` (see ``--help``)."""
+
+    out: Path
+    cpu: bool = False  # check the script on the CPU
+    tiny: bool = False  # the settings' tiny batches and resolutions
+    settings: Sequence[Setting] = tuple(SETTINGS.values())
+    configs: Sequence[str] = GPU_CONFIGS
+    repetitions: int = 5
+    budget: float = 540.0  # seconds for the whole check
+    no_tests: bool = False
+    no_plots: bool = False
+
+
 def _settings(text: str) -> list[Setting]:
     names = text.split(",")
-    unknown = [n for n in names if n not in SETTINGS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown settings {unknown}; choose from {list(SETTINGS)}"
-        )
+    for name in names:
+        if name not in SETTINGS:
+            raise argparse.ArgumentTypeError(unknown_name("setting", name, SETTINGS))
     return [SETTINGS[n] for n in names]
 
 
@@ -89,11 +113,13 @@ def add_parser(commands) -> None:
     )
     sub.add_argument(
         "--configs",
-        default=",".join(GPU_CONFIGS),
-        help="comma-separated configurations, as for `tradeoff` (default: %(default)s)",
+        default=list(GPU_CONFIGS),
+        type=config_list,
+        help="comma-separated configurations, as for `tradeoff` (default: "
+        f"{','.join(GPU_CONFIGS)})",
     )
     sub.add_argument(
-        "--repetitions", type=int, default=5, help="timed interleaved steps (default: 5)"
+        "--repetitions", type=positive_int, default=5, help="timed interleaved steps (default: 5)"
     )
     sub.add_argument(
         "--budget", type=float, default=540.0, help="seconds for the whole check (default: 540)"
@@ -127,15 +153,17 @@ def _memory(model, config: str, x, y) -> StepMeasurement:
     return replace(measured, reserved_mib=outer.report.reserved_peak_bytes / 2**20)
 
 
-def _measure_setting(setting: Setting, args, device: torch.device) -> list[StepMeasurement]:
-    batch = setting.tiny_batch_size if args.tiny else setting.batch_size
-    img = setting.tiny_img_size if args.tiny else setting.img_size
-    configs = args.configs.split(",")
+def _measure_setting(
+    setting: Setting, check: GpuCheck, device: torch.device
+) -> list[StepMeasurement]:
+    batch = setting.tiny_batch_size if check.tiny else setting.batch_size
+    img = setting.tiny_img_size if check.tiny else setting.img_size
+    configs = list(check.configs)
     torch.manual_seed(0)
     models = [build(setting.model, c, setting.num_modules, img, 10, device) for c in configs]
     x, y = example_batch(models[0], batch, img, device)
     memory = [_memory(m, c, x, y) for c, m in zip(configs, models)]
-    speed = speed_measurements(configs, models, x, y, args.repetitions)
+    speed = speed_measurements(configs, models, x, y, check.repetitions)
     del models
     gc.collect()
     if device.type == "cuda":
@@ -159,29 +187,29 @@ def _summary(setting: Setting, results: list[StepMeasurement]) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(check: GpuCheck) -> dict[str, object]:
     """Run the check; returns (and writes as ``gpu_check.json``) everything it measured."""
     started = time.monotonic()
-    if not args.cpu and not torch.cuda.is_available():
+    if not check.cpu and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device here; pass --cpu (with --tiny) to check on CPU")
-    device = torch.device("cpu" if args.cpu else "cuda")
-    for config in args.configs.split(","):
-        model_kwargs(config)  # a bad name fails here, before any work
-    args.out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, object] = {"device": str(device), "tiny": args.tiny, "settings": {}}
-    if not args.no_tests:
-        record["tests"] = _run_tests(args.out, timeout=min(120.0, args.budget / 4))
+    device = torch.device("cpu" if check.cpu else "cuda")
+    for config in check.configs:
+        model_kwargs(config)  # a bad name fails here, before any work (the CLI checked already)
+    check.out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, object] = {"device": str(device), "tiny": check.tiny, "settings": {}}
+    if not check.no_tests:
+        record["tests"] = _run_tests(check.out, timeout=min(120.0, check.budget / 4))
         print(f"cuda tests: {record['tests']['summary']}", flush=True)
-    plot = not args.no_plots
+    plot = not check.no_plots
     tables, lines = [], []
-    for i, setting in enumerate(args.settings):
+    for i, setting in enumerate(check.settings):
         spent = time.monotonic() - started
-        share = (args.budget - spent) / (len(args.settings) - i)
-        if spent >= args.budget or share < 10:
+        share = (check.budget - spent) / (len(check.settings) - i)
+        if spent >= check.budget or share < 10:
             record["settings"][setting.name] = {"skipped": f"budget spent ({spent:.0f} s)"}
             lines.append(f"{setting.name}: skipped, budget spent")
             continue
-        results = _measure_setting(setting, args, device)
+        results = _measure_setting(setting, check, device)
         record["settings"][setting.name] = {
             **asdict(setting),
             "seconds": time.monotonic() - started - spent,
@@ -195,9 +223,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             from .plots import plot_memory_against_time
 
             title = f"{setting.model} K={setting.num_modules}, {device}"
-            plot_memory_against_time(results, title, args.out / f"tradeoff_{setting.name}.png")
+            plot_memory_against_time(results, title, check.out / f"tradeoff_{setting.name}.png")
     record["seconds"] = time.monotonic() - started
-    (args.out / "gpu_check.json").write_text(json.dumps(record, indent=2))
-    (args.out / "gpu_check.md").write_text("\n\n".join(tables) + "\n")
-    print("\n".join(lines) + f"\ntotal {record['seconds']:.0f} s; results in {args.out}")
+    (check.out / "gpu_check.json").write_text(json.dumps(record, indent=2))
+    (check.out / "gpu_check.md").write_text("\n\n".join(tables) + "\n")
+    print("\n".join(lines) + f"\ntotal {record['seconds']:.0f} s; results in {check.out}")
     return record

@@ -10,22 +10,24 @@ first configuration's eager step. One intra-op thread on CPU, as the other CPU f
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..choices import hpff_model, positive_int
 from ..compiled import compile_local
 from ..measure import example_batch, measure_speed
+from . import flags
 from .steps import build
 
-__all__ = ["CompileRow", "add_parser", "run"]
+__all__ = ["CompileCheck", "CompileRow", "add_parser", "run"]
 
 
 @dataclass
@@ -41,22 +43,41 @@ class CompileRow:
     compiled_median_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class CompileCheck:
+    """What :func:`run` compares, one field per flag of ``benchmark compile`` (see ``--help``)."""
+
+    model: str = "hpff_resnet32"
+    num_modules: int = 16
+    batch_size: int = 128
+    configs: Sequence[str] = ("e2e", "infopro", "infopro+hpff")
+    backend: str = "inductor"
+    device: str = "cpu"
+    warmup: int = 3  # compiled steps before timing
+    repetitions: int = 10  # timed interleaved steps
+    out: Path | None = None  # folder for compile.json and compile.md
+
+
 def add_parser(commands) -> None:
     """Register the ``compile`` subcommand on the benchmark CLI's subparsers."""
     help = "torch.compile against eager: compile time, equal numbers, steady step time"
     sub = commands.add_parser("compile", help=help, description=__doc__.splitlines()[0])
-    sub.add_argument("--model", default="hpff_resnet32", help="an hpff_* model")
-    sub.add_argument("--num-modules", type=int, default=16, help="K (default: 16)")
-    sub.add_argument("--batch-size", type=int, default=128, help="images per step")
+    sub.add_argument("--model", default="hpff_resnet32", type=hpff_model, help="an hpff_* model")
+    sub.add_argument("--num-modules", type=positive_int, default=16, help="K (default: 16)")
+    sub.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    defaults = CompileCheck.configs
     sub.add_argument(
         "--configs",
-        default="e2e,infopro,infopro+hpff",
-        help="comma-separated configurations, as for `speed` (default: %(default)s)",
+        default=list(defaults),
+        type=flags.config_list,
+        help=f"comma-separated configurations, as for `speed` (default: {','.join(defaults)})",
     )
-    sub.add_argument("--backend", default="inductor", help="torch.compile backend")
-    sub.add_argument("--device", default="cpu", help="cpu or cuda")
+    sub.add_argument(
+        "--backend", default="inductor", type=flags.backend, help="torch.compile backend"
+    )
+    sub.add_argument("--device", default="cpu", type=flags.device, help="cpu or cuda")
     sub.add_argument("--warmup", type=int, default=3, help="compiled steps before timing")
-    sub.add_argument("--repetitions", type=int, default=10, help="timed interleaved steps")
+    sub.add_argument("--repetitions", type=positive_int, default=10, help="timed interleaved steps")
     sub.add_argument("--out", type=Path, help="folder for compile.json and compile.md")
 
 
@@ -109,32 +130,33 @@ def table(rows: list[CompileRow]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> list[CompileRow]:
+def run(check: CompileCheck) -> list[CompileRow]:
     """Build, compile, compare and time every configuration; print (and write) the table."""
-    device = torch.device(args.device)
+    device = torch.device(check.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
     rows, models = [], []
-    for config in args.configs.split(","):
+    for config in check.configs:
         torch.manual_seed(0)
-        eager = build(args.model, config, args.num_modules, device=device).train()
-        compiled = compile_local(copy.deepcopy(eager), args.backend)
-        x, y = example_batch(eager, args.batch_size, None, device)
-        rows.append(_compare(config, eager, compiled, x, y, args.warmup))
+        eager = build(check.model, config, check.num_modules, device=device).train()
+        compiled = compile_local(copy.deepcopy(eager), check.backend)
+        x, y = example_batch(eager, check.batch_size, None, device)
+        rows.append(_compare(config, eager, compiled, x, y, check.warmup))
         models += [eager, compiled]
         print(f"{config}: built, compiled and compared", flush=True)
-    times = measure_speed(models, x, y, args.repetitions)
+    times = measure_speed(models, x, y, check.repetitions)
     for i, row in enumerate(rows):
         row.eager_median_s = statistics.median(times[2 * i])
         row.compiled_median_s = statistics.median(times[2 * i + 1])
     text = (
-        f"{args.model} K={args.num_modules} batch {args.batch_size}, {args.device}, backend "
-        f"{args.backend}, {args.repetitions} interleaved repetitions\n\n{table(rows)}"
+        f"{check.model} K={check.num_modules} batch {check.batch_size}, {check.device}, backend "
+        f"{check.backend}, {check.repetitions} interleaved repetitions\n\n{table(rows)}"
     )
     print(f"\n{text}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compile.md").write_text(text + "\n")
-        records = dict(args=vars(args) | {"out": str(args.out)}, rows=[asdict(r) for r in rows])
-        (args.out / "compile.json").write_text(json.dumps(records, indent=2) + "\n")
+    if check.out is not None:
+        check.out.mkdir(parents=True, exist_ok=True)
+        (check.out / "compile.md").write_text(text + "\n")
+        settings = asdict(check) | {"configs": ",".join(check.configs), "out": str(check.out)}
+        records = dict(args=settings, rows=[asdict(r) for r in rows])
+        (check.out / "compile.json").write_text(json.dumps(records, indent=2) + "\n")
     return rows

@@ -28,6 +28,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 import timm
 import yaml
 
+from ..choices import OneLineParser
 from ..data import EMBEDDED, KNOWN_DATASETS
 from ..models import HPFF_MODELS, TAGS, TIMM_BACKBONES
 from .build import hilo_too_long
@@ -37,13 +38,6 @@ __all__ = ["CommandLine", "HelpFormatter", "suggest"]
 
 HELP_FLAGS = ("-h", "--help")
 Config = TypeVar("Config", bound=RunConfig)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (the usage of ~50 flags would bury it)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -89,7 +83,7 @@ class CommandLine(Generic[Config]):
         hidden: Sequence[str] = (),
     ) -> None:
         self.config_class, self.preset_dir, self.preset_from = config_class, preset_dir, preset_from
-        self.parser = _Parser(
+        self.parser = OneLineParser(
             description=description, formatter_class=HelpFormatter, epilog=self._epilog()
         )
         groups: dict[str, argparse._ArgumentGroup] = {}
