@@ -31,6 +31,7 @@ from loop import PRESETS, train
 from torch import nn
 
 import hpff_zoo
+from hpff_zoo.choices import closest
 from hpff_zoo.data import model_in_chans
 from hpff_zoo.hub import load_model
 from hpff_zoo.models import HPFF_MODELS, TAGS
@@ -144,6 +145,19 @@ def _fresh_start(args: FinetuneConfig, name: str) -> str:
     return "or start from a timm model name with --no-pretrained"
 
 
+def _missing_folder(init: str) -> str | None:
+    """A path that names no folder (``./run``, or ``output/cifar`` where ``output/`` exists) is
+    a typo, not a Hub id: say so, with the closest folders beside it, before any Hub lookup."""
+    path = Path(init).expanduser()
+    beside = path.parent.is_dir() and ":" not in init and path.parent != Path(".")
+    if path.is_dir() or not (init.startswith((".", "/", "~")) or beside):
+        return None
+    folders = [p.name for p in path.parent.glob("*") if p.is_dir()] if path.parent.is_dir() else []
+    near = [str(path.parent / name) for name in closest(path.name, folders)]
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return f"--init {init}: no such folder{hint}"
+
+
 def build_model(args: FinetuneConfig, data) -> hpff_zoo.LocalModel:
     backbone = load_backbone(args, data.num_classes)
     channels = model_in_chans(backbone)
@@ -163,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             "--memory-budget plans hpff_* models in cifar.py / imagenet.py; give "
             "finetune.py --num-modules and --pff"
         )
+    if missing := _missing_folder(config.init):
+        cli.error(missing)
     if not Path(config.init).expanduser().is_dir() and "/" not in config.init:
         cli.check_model_name(config.init, "--init")  # hf-hub: and org/name ids have a "/"
     config.model = config.init

@@ -267,6 +267,27 @@ def test_flag_mistakes_are_one_line(args, expected, tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.parametrize(
+    ("init", "expected"),
+    [
+        ("model_cards/hpff_resnet32.fmnist_e2", "no such folder; did you mean "
+         "model_cards/hpff_resnet32.fmnist_e2e"),
+        ("./no/such/run", "--init ./no/such/run: no such folder"),
+        ("hpff_resnet32.fmnist_e2", "no such tag; did you mean hpff_resnet32.fmnist_e2e"),
+    ],
+)  # fmt: skip
+def test_finetune_init_mistakes_are_one_line(init, expected, tmp_path, capsys, monkeypatch):
+    """A misspelt folder is not looked up on the Hub as an org/name id (which says nothing of
+    folders), a misspelt tag names the closest tags."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.chdir(ROOT)
+    finetune = __import__("finetune")
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--init", init, "--output-dir", str(tmp_path / "run")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in error and expected in error, error
+
+
+@pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["--dataset", "fashoin_mnist"], "'fashoin_mnist'; did you mean fashion_mnist"),
