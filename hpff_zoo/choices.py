@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from collections.abc import Iterable
 from typing import NoReturn
 
-__all__ = ["OneLineParser", "closest", "hpff_model", "one_of", "positive_int", "unknown_name"]
+__all__ = [
+    "TIMM_KWARGS",
+    "OneLineParser",
+    "closest",
+    "did_you_mean",
+    "hpff_model",
+    "one_of",
+    "positive_int",
+    "unknown_keyword",
+    "unknown_name",
+]
+
+# Keywords timm.create_model takes for most models: the near names of a misspelt keyword.
+TIMM_KWARGS = (
+    "pretrained", "num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate",
+    "img_size", "features_only", "out_indices", "pretrained_cfg", "pretrained_cfg_overlay",
+    "checkpoint_path", "cache_dir",
+)  # fmt: skip
 
 
 def closest(name: object, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -24,6 +42,26 @@ def closest(name: object, candidates: Iterable[str], n: int = 3) -> list[str]:
     return [by_lower[m] for m in matches]
 
 
+def did_you_mean(name: object, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the closest ``candidates``, or ``""``."""
+    near = closest(name, candidates)
+    return f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+
+
+def unknown_keyword(error: TypeError, candidates: Iterable[str]) -> TypeError | None:
+    """``error`` retold with the closest of ``candidates`` when it is Python's "got an
+    unexpected keyword argument 'x'", else ``None``.
+
+    timm hands keywords it does not know down to the backbone's constructor, whose error names
+    the backbone's class (``CifarResNet.__init__()``), not the model the user asked for, nor the
+    local-learning option they misspelt (``num_module``)."""
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if match is None:
+        return None
+    hint = did_you_mean(match.group(1), candidates)
+    return TypeError(f"unknown keyword argument {match.group(1)!r}{hint or f' ({error})'}")
+
+
 def unknown_name(what: str, name: object, candidates: Iterable[str], listed: int = 12) -> str:
     """``unknown WHAT 'name'; did you mean ...?`` with the valid names when they are few.
 
@@ -31,10 +69,7 @@ def unknown_name(what: str, name: object, candidates: Iterable[str], listed: int
     only the closest ones).
     """
     candidates = sorted(set(candidates))
-    near = closest(name, candidates)
-    message = f"unknown {what} {name!r}"
-    if near:
-        message += f"; did you mean {' or '.join(repr(c) for c in near)}?"
+    message = f"unknown {what} {name!r}{did_you_mean(name, candidates)}"
     if len(candidates) <= listed:
         message += f" (choose from {', '.join(candidates)})"
     return message

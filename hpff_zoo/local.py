@@ -18,7 +18,7 @@ annotations`` here: an FX-traced copy of the model is scripted from these type h
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -30,11 +30,18 @@ from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES
 from .auxiliaries import AuxiliaryBuilder
 from .checkpointing import checkpointed, frozen_running_stats, running_stat_norms
-from .choices import unknown_name
-from .partition import Balance, Partition, partition_backbone
+from .choices import TIMM_KWARGS, did_you_mean, unknown_keyword, unknown_name
+from .partition import BALANCES, Balance, Partition, partition_backbone
 from .streamed import Backward, StreamedSchedule, _default_backward, _StreamedStep
 
-__all__ = ["DEFAULT_AUX", "METHODS", "LocalModel", "from_timm", "with_default_aux"]
+__all__ = [
+    "DEFAULT_AUX",
+    "METHODS",
+    "LocalModel",
+    "create_backbone",
+    "from_timm",
+    "with_default_aux",
+]
 
 METHODS = ("e2e", *AUX_METHODS)
 # The auxiliaries of the hpff_* models and from_timm, chosen by measurement (see
@@ -137,14 +144,22 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         cascade_size, grid_size = _cascade_size(hilo), _grid_size(pff)  # validated either way
         self.cascade_size = 1 if method == "e2e" else cascade_size
         self.pff = 1 if method == "e2e" else grid_size
-        self.hilo_weights = tuple(float(w) for w in hilo_weights)
+        self.hilo_weights = _weight_pair(hilo_weights)
         self.aux_options = dict(aux_options or {})
         self.aux_arch = resolve_aux_arch(method, aux)
         if aux_budget is not None and not aux_budget > 0:
             raise ValueError(f"aux_budget must be a positive fraction, got {aux_budget!r}")
         self.aux_budget = aux_budget
         if pff_scope not in PFF_SCOPES:
-            raise ValueError(f"pff_scope must be one of {PFF_SCOPES}, got {pff_scope!r}")
+            raise ValueError(
+                f"pff_scope must be one of {PFF_SCOPES}, got {pff_scope!r}"
+                + did_you_mean(pff_scope, PFF_SCOPES)
+            )
+        if balance not in BALANCES:  # before the backbone is traced into atoms
+            raise ValueError(
+                f"balance must be 'memory', 'flops' or 'blocks', not {balance!r}"
+                + did_you_mean(balance, BALANCES)
+            )
         self.pff_scope = pff_scope
         self.backbone = backbone
         self.num_classes = backbone.num_classes
@@ -479,6 +494,42 @@ def _cascade_size(hilo: int | bool | None) -> int:
     raise ValueError(f"hilo must be False or a cascade size >= 2, got {hilo!r}")
 
 
+def _weight_pair(weights: Any) -> tuple[float, float]:
+    """``hilo_weights`` as ``(independent, cascade)`` floats, refused at creation when it is not
+    a pair of numbers (a string such as ``"cascade"`` would otherwise fail as one letter)."""
+    try:
+        if isinstance(weights, str) or len(weights) != 2:
+            raise TypeError
+        return float(weights[0]), float(weights[1])
+    except (TypeError, ValueError):
+        raise ValueError(
+            "hilo_weights must be a pair (independent, cascade) of numbers, e.g. "
+            f"{OFFICIAL_HILO_WEIGHTS} (the official code's), got {weights!r}"
+        ) from None
+
+
+def create_backbone(name: str, local_names: Iterable[str], **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with two mistakes refused in one line first: a
+    negative ``num_classes`` (torch would fail inside the classifier's constructor) and a
+    misspelt keyword, told with the closest of ``local_names`` and timm's common keywords."""
+    import timm
+
+    num_classes = kwargs.get("num_classes")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+    ):
+        raise ValueError(
+            f"num_classes must be a count >= 0 (0: no classifier), got {num_classes!r}"
+        )
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as error:
+        retold = unknown_keyword(error, [*local_names, *TIMM_KWARGS])
+        if retold is None:
+            raise
+        raise retold from None
+
+
 def _grid_size(pff: int) -> int:
     if isinstance(pff, bool) or not isinstance(pff, int) or pff < 1:
         raise ValueError(f"pff must be a grid size n >= 1 (1 turns PFF off), got {pff!r}")
@@ -528,7 +579,8 @@ def from_timm(
         known = ":" in model_or_name or timm.is_model(model_or_name)  # hf-hub:, local-dir:
         if not known and not timm.list_pretrained(model_or_name):  # a name.tag is known too
             raise RuntimeError(unknown_name("timm model", model_or_name, timm.list_models()))
-        backbone = timm.create_model(model_or_name, **kwargs)
+        names = [*local_keys, "num_modules", "method", "hilo", "pff"]
+        backbone = create_backbone(model_or_name, names, **kwargs)
     elif kwargs:
         raise TypeError(f"timm keyword arguments {sorted(kwargs)} given with a model instance")
     else:

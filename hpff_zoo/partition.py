@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from .choices import unknown_name
 from .measure import FlopCounter
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 Balance = Literal["memory", "flops", "blocks"]
+BALANCES: tuple[Balance, ...] = ("memory", "flops", "blocks")
 
 # Layers that open a new atom when met inside a flat nn.Sequential (VGG's `features`, a ResNet
 # stem): everything after them up to the next one (norm, activation, pooling) belongs to them.
@@ -500,11 +502,15 @@ def _starts_from_splits(
     for split in splits:
         if isinstance(split, str):
             if split not in names:
-                raise ValueError(f"unknown atom {split!r}; atoms are {list(names)}")
+                raise ValueError(unknown_name("atom", split, names, listed=len(names)))
             split = names[split]
         starts.append(int(split))
     if len(starts) != num_modules:
-        raise ValueError(f"{num_modules} modules need {num_modules - 1} split points")
+        raise ValueError(
+            f"num_modules={num_modules} (the model's default unless given) needs "
+            f"{num_modules - 1} split points, got {len(splits)}: pass num_modules={len(starts)} "
+            f"with splits={list(splits)}"
+        )
     if any(b <= a for a, b in itertools.pairwise(starts)) or starts[-1] >= len(atoms):
         raise ValueError(f"split points must increase within 1..{len(atoms) - 1}: {splits}")
     return starts

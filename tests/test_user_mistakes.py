@@ -33,11 +33,35 @@ def test_unknown_name_suggests_the_closest_and_lists_few():
         (dict(aux="chep"), "did you mean 'cheap'"),
         (dict(num_modules=4, hilo=5), "hilo=5 exceeds num_modules=4"),
         (dict(num_modules=2, hilo=3), "hilo=3 exceeds num_modules=2"),
+        (dict(balance="mem"), "did you mean 'memory'"),
+        (dict(pff_scope="al"), "did you mean 'all'"),
+        (dict(hilo_weights="cascade"), r"hilo_weights must be a pair \(independent, cascade\)"),
+        (dict(hilo_weights=(0.5,)), "hilo_weights must be a pair"),
+        (dict(num_classes=-1), "num_classes must be a count >= 0"),
+        (
+            dict(splits=[5, 10]),
+            "num_modules=16 .* needs 15 split points, got 2: pass num_modules=3",
+        ),
     ],
 )
 def test_model_options_are_refused_at_creation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         timm.create_model("hpff_resnet32", **kwargs)
+
+
+@pytest.mark.parametrize("create", [
+    lambda **kw: timm.create_model("hpff_resnet32", **kw),
+    lambda **kw: hpff_zoo.from_timm("resnet18", **kw),
+])  # fmt: skip
+def test_a_misspelt_keyword_names_the_closest_option(create):
+    """timm passes unknown keywords to the backbone, whose TypeError names its class only."""
+    expected = r"^unknown keyword argument 'num_module'; did you mean 'num_modules'"
+    with pytest.raises(TypeError, match=expected):
+        create(num_module=4)
+    with pytest.raises(TypeError, match="'hilo_weight'; did you mean 'hilo_weights'"):
+        create(hilo_weight=(0.5, 0.5))
+    with pytest.raises(TypeError, match=r"'zzz' \(.*unexpected keyword argument 'zzz'\)"):
+        create(zzz=1)  # nothing close: Python's own words stay
 
 
 def test_from_timm_suggests_close_model_names():

@@ -23,7 +23,7 @@ import timm
 from timm.models import DefaultCfg, PretrainedCfg, build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from ..local import LocalModel, with_default_aux
+from ..local import LocalModel, create_backbone, with_default_aux
 from .pretrained import available_tags, filter_checkpoint, load_with_fallback
 from .tags import TAGS, TIMM_BACKBONES
 
@@ -111,7 +111,7 @@ def _wrap(base: str, cfg: dict[str, Any], **kwargs: Any) -> LocalModel:
     local = {k: kwargs.pop(k) for k in LOCAL_KWARGS if k in kwargs}
     if "in_chans" in kwargs:
         cfg = with_channels(cfg, kwargs["in_chans"])
-    return LocalModel(timm.create_model(base, pretrained_cfg=cfg, **kwargs), **local)
+    return LocalModel(create_backbone(base, LOCAL_KWARGS, pretrained_cfg=cfg, **kwargs), **local)
 
 
 def _build(name: str, cfg: dict[str, Any], pretrained: bool, **kwargs: Any) -> LocalModel:
