@@ -230,3 +230,18 @@ def test_image_folder_size_check_reads_every_image_and_header_flags_the_schedule
     header = check(run_recipe("cifar.py", *flags, "--img-size", "32", "--dry-run"))
     assert "no preset: the recipe's defaults, set for its paper data sets, not for this " in header
     assert "choose --epochs, --batch-size and --lr (or --preset) for it" in header
+    # Its 10 warm-up epochs outlast the 1-epoch run: the rate only rises, and the header says so.
+    assert (
+        "lr 0.8 reached at the last step: the 10 warm-up epochs outlast the 1-epoch run" in header
+    )
+
+
+def test_a_known_dataset_by_its_hub_id_is_not_told_its_schedule_does_not_fit():
+    from hpff_zoo.training.header import _no_preset
+
+    assert (
+        _no_preset("ILSVRC/imagenet-1k")
+        == _no_preset("cifar10")
+        == ("no preset: the recipe's defaults")
+    )
+    assert "not for this data" in _no_preset("org/pets")

@@ -78,13 +78,30 @@ def _layout(net: LocalModel) -> str:
 
 def _no_preset(dataset: str) -> str:
     """What the schedule is when no preset set it: the recipe's defaults, which are the paper's
-    schedule for the recipe's own data sets. For data known by no name (a folder, a Hub id) the
-    header says so, since a 400-epoch batch-1024 schedule rarely fits a new folder."""
-    if dataset in KNOWN_DATASETS or dataset == EMBEDDED:
+    schedule for the recipe's own data sets (also by their Hub id: ``ILSVRC/imagenet-1k``). For
+    other data (a folder, another Hub id) the header says so, since a 400-epoch batch-1024
+    schedule rarely fits a new folder."""
+    hub_ids = {known.hub_id for known in KNOWN_DATASETS.values()}
+    if dataset in KNOWN_DATASETS or dataset == EMBEDDED or dataset in hub_ids:
         return "no preset: the recipe's defaults"
     return (
         "no preset: the recipe's defaults, set for its paper data sets, not for this data; "
         "choose --epochs, --batch-size and --lr (or --preset) for it"
+    )
+
+
+def _learning_rate(config: RunConfig) -> str:
+    """The rate and its warm-up as the scheduler will run them: a warm-up as long as the run or
+    longer is cut to the run (:func:`~hpff_zoo.training.create_scheduler`), so the rate only
+    rises, to ``lr`` at the last step, and never decays: said, not left to be found."""
+    if 0 < config.epochs <= config.warmup_epochs:
+        return (
+            f"lr {config.lr} reached at the last step: the {config.warmup_epochs:g} warm-up epochs "
+            f"outlast the {config.epochs}-epoch run, so it warms up throughout, with no cosine"
+        )
+    return (
+        f"lr {config.lr} with {config.warmup_epochs:g} warm-up epochs then cosine to "
+        f"{config.min_lr:g}"
     )
 
 
@@ -118,8 +135,8 @@ def describe_run(
         f"({accelerator.distributed_type.value}), {threads.describe()}, mixed precision "
         f"{config.mixed_precision}, {_layout(net)} layout\n"
         f"schedule  {config.epochs} epochs x {steps_per_epoch} steps of batch "
-        f"{config.batch_size} (x{config.grad_accum} accumulation), lr {config.lr} with "
-        f"{config.warmup_epochs:g} warm-up epochs then cosine to {config.min_lr:g}; {preset}\n"
+        f"{config.batch_size} (x{config.grad_accum} accumulation), {_learning_rate(config)}; "
+        f"{preset}\n"
         f"estimate  about {format_duration(config.epochs * epoch_s)} in all, "
         f"{format_duration(epoch_s)} per epoch (a step timed here at batch {timed_batch}: "
         f"{1000 * train_s:.2f} ms per training image, {1000 * eval_s:.2f} ms per test image)"
