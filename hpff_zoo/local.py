@@ -32,7 +32,7 @@ from .auxiliaries import AuxiliaryBuilder
 from .checkpointing import checkpointed, frozen_running_stats, running_stat_norms
 from .choices import TIMM_KWARGS, did_you_mean, unknown_keyword, unknown_name
 from .partition import BALANCES, Balance, Partition, partition_backbone
-from .streamed import Backward, StreamedSchedule, _default_backward, _StreamedStep
+from .streamed import Backward, StreamedSchedule, StreamedStep, default_backward
 
 __all__ = [
     "DEFAULT_AUX",
@@ -432,13 +432,13 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self._check_batch(x, y)
         if not self.training:
             self._warn_eval_step()
-        backward = backward or _default_backward
+        backward = backward or default_backward
         if not self.uses_aux:
             loss = F.cross_entropy(self.backbone(x), y)
             with self._recomputing():  # timm's checkpoints recompute in the backward
                 backward(loss)
             return {"head": loss.item()}
-        return _StreamedStep(self, x, y, backward).run()
+        return StreamedStep(self, x, y, backward).run()
 
     def _recomputing(self) -> contextlib.AbstractContextManager[None]:
         """Context for the backward passes and re-runs of a step: with checkpointing on, they

@@ -13,7 +13,7 @@ sends, while that stage already works on the next micro-batch::
         optimizer.step(); optimizer.zero_grad()
     stage.synchronize()                             # every process now holds the trained model
 
-Each micro-batch runs :class:`hpff_zoo.streamed._StreamedStep` restricted to the stage's modules.
+Each micro-batch runs :class:`hpff_zoo.streamed.StreamedStep` restricted to the stage's modules.
 HiLo cascades that cross a stage boundary are exact: the downstream stage sends the gradient of
 its input back, and the upstream stage keeps the graphs of the modules such a cascade reaches
 until it arrives, one micro-batch later (it runs micro-batch m+1 meanwhile). Gradients of the
@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from .local import LocalModel
 from .measure import FlopCounter, example_batch
 from .partition import balanced_split
-from .streamed import Backward, _default_backward, _StreamedStep
+from .streamed import Backward, StreamedStep, default_backward
 
 __all__ = [
     "ModuleParallel",
@@ -137,7 +137,7 @@ def module_step_flops(model: LocalModel, batch_size: int = 2) -> list[int]:
         model.train()
         h = x
         for j in range(model.num_modules):
-            step = _StreamedStep(model, x, y, _default_backward, modules=range(j, j + 1))
+            step = StreamedStep(model, x, y, default_backward, modules=range(j, j + 1))
             with FlopCounter() as counter:
                 out = step.start(h)
                 last = j == model.num_modules - 1
@@ -255,18 +255,18 @@ class ModuleParallel:
         count = self.micro_batches
         if x.shape[0] % count:
             raise ValueError(f"batch of {x.shape[0]} does not split into {count} micro-batches")
-        backward = backward or _default_backward
+        backward = backward or default_backward
         scaled = backward if count == 1 else (lambda loss: backward(loss / count))
         k = self.model.cascade_size
         sends: list[tuple[Any, ...]] = []
-        waiting: deque[tuple[_StreamedStep, Tensor, Tensor]] = deque()
+        waiting: deque[tuple[StreamedStep, Tensor, Tensor]] = deque()
         totals: dict[str, float] = defaultdict(float)
         for xm, ym in zip(
             x.to(self.device, non_blocking=True).chunk(count),
             y.to(self.device, non_blocking=True).chunk(count),
         ):
             h = xm if self.is_first else self._recv_activation()
-            step = _StreamedStep(self.model, xm, ym, scaled, modules=self.modules)
+            step = StreamedStep(self.model, xm, ym, scaled, modules=self.modules)
             out = step.start(h)
             if not self.is_last:
                 sends.append(self._send_activation(out))
@@ -286,7 +286,7 @@ class ModuleParallel:
                 self._comm("finish sending to", None, work.wait)
         return dict(totals)
 
-    def _finish(self, step: _StreamedStep, h: Tensor, out: Tensor) -> list[tuple[Any, ...]]:
+    def _finish(self, step: StreamedStep, h: Tensor, out: Tensor) -> list[tuple[Any, ...]]:
         """Receive the next stage's cascade gradient for ``out``, finish, pass ours back."""
         k, peer = self.model.cascade_size, self.stage + 1
         grads = torch.empty((k - 1, *out.shape), dtype=out.dtype, device=self.device)
@@ -294,7 +294,7 @@ class ModuleParallel:
         step.finish({r: grads[r - 1] for r in range(1, k)})
         return self._send_boundary(step, h)
 
-    def _send_boundary(self, step: _StreamedStep, h: Tensor) -> list[tuple[Any, ...]]:
+    def _send_boundary(self, step: StreamedStep, h: Tensor) -> list[tuple[Any, ...]]:
         """The cascade gradients of the stage input ``h``, by reach left, to the previous stage.
 
         One message per micro-batch whenever HiLo is on (zeros where no window crosses), so the

@@ -30,8 +30,8 @@ network itself trains on its own unscaled loss (in the official code the 0.001 w
 the independent auxiliary's own training to a crawl).
 
 :class:`StreamedSchedule` (a mixin of :class:`~hpff_zoo.LocalModel`) holds the per-module
-pieces (an auxiliary's patch-by-patch gradient); :class:`_StreamedStep` holds one step's state.
-:mod:`hpff_zoo.parallel` runs :class:`_StreamedStep` over a pipeline stage's modules.
+pieces (an auxiliary's patch-by-patch gradient); :class:`StreamedStep` holds one step's state.
+:mod:`hpff_zoo.parallel` runs :class:`StreamedStep` over a pipeline stage's modules.
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ from .patches import grid_slices
 if TYPE_CHECKING:
     from .local import LocalModel
 
-__all__ = ["Backward", "StreamedSchedule"]
+__all__ = ["Backward", "StreamedSchedule", "StreamedStep", "default_backward"]
 
 Backward = Callable[[Tensor], Any]
 
 
-def _default_backward(loss: Tensor) -> None:
+def default_backward(loss: Tensor) -> None:
     loss.backward()
 
 
@@ -150,7 +150,7 @@ class StreamedSchedule:
         return len(shapes) == 1
 
 
-class _StreamedStep:
+class StreamedStep:
     """State of one streamed local step (see the module docstring for the schedule).
 
     ``modules`` restricts the step to a contiguous range of modules (a pipeline stage, see
