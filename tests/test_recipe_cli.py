@@ -363,6 +363,32 @@ def test_the_library_takes_no_argparse_namespace_outside_its_command_lines():
             assert "Namespace" not in path.read_text(), path
 
 
+LAYERS = {  # docs/internals.md, "Where the code lives": a module imports only its layer or below
+    **dict.fromkeys(("training", "benchmark", "hub", "planner", "seg"), 0),
+    "cards": 1,
+    "models": 2,
+    **dict.fromkeys(("local", "auxiliaries", "streamed", "parallel", "compiled"), 3),
+    **dict.fromkeys(("partition", "checkpointing", "aux", "patches", "data"), 4),
+    **dict.fromkeys(("measure", "choices", "cpu_heap"), 5),
+}
+
+
+def test_the_library_imports_only_downwards():
+    package = ROOT / "hpff_zoo"
+    upwards = []
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[0] == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == len(parts):  # hpff_zoo.<x>
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                for target in (t for t in targets if not t.startswith("__")):  # __version__
+                    if LAYERS[target.split(".")[0]] < LAYERS[parts[0]]:
+                        upwards.append(f"{'/'.join(parts)} -> {target}")
+    assert not upwards, upwards
+
+
 # 13: smaller things -----------------------------------------------------------------------------
 
 
