@@ -39,7 +39,7 @@ from hpff_zoo.seg.config import (
     use_tta,
 )
 from hpff_zoo.seg.distributed import init_cpu_process_group
-from hpff_zoo.seg.smoke import SMOKE_CROP, SMOKE_ITERS, use_smoke
+from hpff_zoo.seg.smoke import SMOKE_CHECKPOINTS, SMOKE_CROP, SMOKE_ITERS, use_smoke
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 help="CPU smoke run of CONFIG's real model: generated Cityscapes-format data in "
                 f"WORK_DIR/smoke_cityscapes, {SMOKE_CROP[0]}x{SMOKE_CROP[1]} crops, batch 2, "
                 f"{SMOKE_ITERS} iterations and one validation, random initial weights (or "
-                "--backbone-checkpoint); a few minutes on 2 CPU cores",
+                "--backbone-checkpoint), the checkpoint in "
+                f"{SMOKE_CHECKPOINTS}/<WORK_DIR's name>; a few minutes on 2 CPU cores",
             )
             sub.add_argument(
                 "--amp", action="store_true", help="mixed precision (mmengine AmpOptimWrapper)"

@@ -19,7 +19,7 @@ from mmseg.registry import MODELS
 import hpff_zoo.seg  # noqa: F401
 from hpff_zoo.seg import PretrainedUnavailableError
 from hpff_zoo.seg.config import use_batch_norm
-from hpff_zoo.seg.smoke import SMOKE_ITERS, use_smoke
+from hpff_zoo.seg.smoke import SMOKE_CHECKPOINTS, SMOKE_ITERS, smoke_checkpoint_dir, use_smoke
 
 from .seg_data import make_cityscapes, recipe
 
@@ -58,7 +58,7 @@ def test_readme_smoke_command_trains_checkpoints_and_validates(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Iter(train) [4/4]" in output and "mIoU" in output
-    assert (tmp_path / "iter_4.pth").is_file()
+    assert (smoke_checkpoint_dir(tmp_path) / "iter_4.pth").is_file()
     assert "nan" not in output.split("Iter(train) [4/4]")[1].split("\n")[0]
 
 
@@ -117,7 +117,7 @@ def test_smoke_run_trains_data_parallel_on_two_cpu_processes(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Iter(train) [4/4]" in output and "mIoU" in output
-    assert (tmp_path / "iter_4.pth").is_file()
+    assert (smoke_checkpoint_dir(tmp_path) / "iter_4.pth").is_file()
 
 
 @pytest.mark.slow
@@ -139,7 +139,7 @@ def test_smoke_run_starts_from_an_hpff_resnet101_checkpoint(tmp_path):
     assert result.returncode == 0, output[-4000:]
     assert re.search(r"HPFFTransfer: loaded (\d+)/\1 backbone tensors", output), output[-4000:]
     assert "model.backbone.type=ResNet" in output
-    assert (tmp_path / "run" / "iter_4.pth").is_file()
+    assert (smoke_checkpoint_dir(tmp_path / "run") / "iter_4.pth").is_file()
 
 
 def test_smoke_checkpoint_keeps_weights_only(tmp_path):
@@ -149,3 +149,4 @@ def test_smoke_checkpoint_keeps_weights_only(tmp_path):
     use_smoke(cfg)
     hook = cfg.default_hooks.checkpoint
     assert hook.save_optimizer is False and hook.interval == SMOKE_ITERS
+    assert Path(hook.out_dir) == SMOKE_CHECKPOINTS  # not the work dir (400 MB for R101)

@@ -12,12 +12,22 @@ download) unless ``--backbone-checkpoint`` gives an hpff_zoo checkpoint.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from mmengine.config import Config
 
-__all__ = ["CLASSES", "SMOKE_CROP", "SMOKE_ITERS", "make_cityscapes", "scene", "use_smoke"]
+__all__ = [
+    "CLASSES",
+    "SMOKE_CHECKPOINTS",
+    "SMOKE_CROP",
+    "SMOKE_ITERS",
+    "make_cityscapes",
+    "scene",
+    "smoke_checkpoint_dir",
+    "use_smoke",
+]
 
 CLASSES = (0, 2, 8, 10, 13)  # Cityscapes train ids: road, building, vegetation, sky, car
 COLOURS = np.array([[128, 64, 128], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142]])
@@ -25,6 +35,15 @@ SMOKE_IMAGE = (256, 512)  # height, width of the generated scenes
 SMOKE_CROP = (128, 256)
 SMOKE_ITERS = 4
 SMOKE_IMAGES = {"train": 4, "val": 2}
+# A smoke checkpoint only proves saving works, and R101-D8's weights alone are about 400 MB: it
+# goes to the system's temporary folder, not into the user's work dir.
+SMOKE_CHECKPOINTS = Path(tempfile.gettempdir()) / "hpff_zoo-smoke"
+
+
+def smoke_checkpoint_dir(work_dir: str | os.PathLike) -> Path:
+    """Where a smoke run with ``work_dir`` saves its checkpoint: mmengine's ``CheckpointHook``
+    joins its ``out_dir`` and the work dir's last folder name (its log says so too)."""
+    return SMOKE_CHECKPOINTS / Path(work_dir).name
 
 
 def scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +105,7 @@ def use_smoke(cfg: Config, iters: int = SMOKE_ITERS) -> Path:
 
     Sizes only: the crop (128×256), the generated images' scale, batch 2 (DeepLab-V3's ASPP
     needs 2), ``iters`` iterations with one validation at the end, no dataloader workers, and a
-    checkpoint of the weights without the optimizer state. The
+    checkpoint of the weights without the optimizer state, in :data:`SMOKE_CHECKPOINTS`. The
     ImageNet backbone download is dropped (weights start random); a ``--backbone-checkpoint``
     applied afterwards still fills the backbone.
     """
@@ -106,9 +125,10 @@ def use_smoke(cfg: Config, iters: int = SMOKE_ITERS) -> Path:
     cfg.train_cfg.update(max_iters=iters, val_interval=iters)
     for scheduler in cfg.param_scheduler:
         scheduler.end = min(scheduler.get("end", iters), iters)
-    # A smoke checkpoint proves saving and loading work; SGD's momentum would double its size
-    # (R101: about 800 MB with it) for a run nobody resumes.
-    cfg.default_hooks.checkpoint.update(interval=iters, save_optimizer=False)
+    # Without SGD's momentum (R101: about 800 MB with it) for a run nobody resumes.
+    cfg.default_hooks.checkpoint.update(
+        interval=iters, save_optimizer=False, out_dir=str(SMOKE_CHECKPOINTS)
+    )
     cfg.default_hooks.logger.interval = 1
     cfg.env_cfg.cudnn_benchmark = False
     return root
