@@ -388,8 +388,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         """Trade compute for memory: the backbone's blocks are checkpointed in ``forward`` (timm's
         own switch, for end-to-end use) and :meth:`local_step` uses least memory.
 
-        In a local step, the atoms (blocks) of a module but its last run under
-        ``torch.utils.checkpoint``,
+        In a local step, the atoms (blocks) of a module run under ``torch.utils.checkpoint``,
         and with HiLo a module waiting for its cascade gradient keeps only its detached input
         and the gradient collected for its output, and is re-run when the cascade gradient
         arrives: at most one module's graph is alive at any time. Gradients, running statistics
