@@ -52,3 +52,18 @@ def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     assert threads == 1, f"the test left torch's intra-op threads at {threads} (expected 1)"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Every test starts with Accelerate's process-wide state unset.
+
+    ``Accelerator()`` records its device and precision in a singleton that a later
+    ``Accelerator(cpu=True, mixed_precision="bf16")`` in the same xdist worker may not change:
+    a recipe run in-process before test_bf16_step_on_cpu failed it with "AcceleratorState has
+    already been initialized", passing or failing by which worker the scheduler gave it.
+    """
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -12,7 +12,6 @@ import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from hpff_zoo.training import (
@@ -30,9 +29,8 @@ from .helpers import batch
 
 @pytest.fixture
 def accelerator_factory():
-    """Accelerators with different settings in one process need Accelerate's state reset."""
-    yield lambda **kwargs: Accelerator(cpu=True, **kwargs)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    """CPU accelerators with a test's own settings (conftest resets Accelerate's state)."""
+    return lambda **kwargs: Accelerator(cpu=True, **kwargs)
 
 
 def test_bf16_step_on_cpu(accelerator_factory):

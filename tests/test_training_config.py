@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from accelerate.state import AcceleratorState
 
 from hpff_zoo.training import (
     CommandLine,
@@ -63,13 +62,7 @@ def test_durations_read_as_a_person_says_them():
     ]  # fmt: skip
 
 
-@pytest.fixture
-def accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_the_set_up_from_python_without_a_command_line(tmp_path, accelerator_state):
+def test_the_set_up_from_python_without_a_command_line(tmp_path):
     """What a user's own loop would call: data, model, loaders, the header; nothing written."""
     config = RunConfig(**DEFAULTS, output_dir=str(tmp_path / "run"), max_train_samples=32,
                        max_eval_samples=16, workers=0, report_to="none", grad_accum=2,
