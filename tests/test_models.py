@@ -7,6 +7,7 @@ import timm
 import torch
 
 import hpff_zoo
+from hpff_zoo.aux.arch import resolve_aux_arch
 from hpff_zoo.models import HPFF_MODELS
 
 from .helpers import batch
@@ -55,6 +56,24 @@ def test_a_tags_pinned_auxiliaries_go_only_to_builds_that_name_none():
     assert _count(shrunk.aux) < _count(paper.aux)
     dgl = timm.create_model(tag, num_classes=10, method="dgl")
     assert dgl.aux_arch == timm.create_model("hpff_resnet32", method="dgl").aux_arch
+
+
+def test_the_default_auxiliaries_are_the_ones_the_converged_grid_chose():
+    """InfoPro defaults to the paper's classifier and decoder at a 10 % budget with PFF on the
+    decoder (it made HPFF help over two converged seeds, where ``cheap`` made it hurt); methods
+    without such evidence keep ``cheap``, and a tag keeps the auxiliaries that trained it."""
+    expected = {
+        ("hpff_resnet32", "infopro"): ("paper", 0.1, "decoder"),
+        ("hpff_resnet32", "dgl"): ("cheap", 0.1, "all"),
+        ("hpff_resnet32.fmnist_infopro_k16_hpff", "infopro"): ("cheap", 0.1, "all"),
+    }
+    for (name, method), (preset, budget, scope) in expected.items():
+        model = timm.create_model(name, num_classes=10, method=method)
+        assert model.aux_arch == resolve_aux_arch(method, preset), (name, method)
+        assert (model.aux_budget, model.pff_scope) == (budget, scope), (name, method)
+    wrapped = hpff_zoo.from_timm("resnet18", num_modules=2, num_classes=10)
+    assert wrapped.aux_arch == resolve_aux_arch("infopro", "paper")
+    assert (wrapped.aux_budget, wrapped.pff_scope) == (0.1, "decoder")
 
 
 def _count(module: torch.nn.Module) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
 
-from ..local import DEFAULT_AUX
+from ..local import CHEAP_AUX
 
 __all__ = [
     "DATASETS",
@@ -296,10 +296,11 @@ def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, e
 
 def _fmnist_spec(method: str, k: int, hpff: bool) -> TagSpec:
     """A Fashion-MNIST tag trained on all 60,000 images with preset ``fmnist-full`` (16 epochs on
-    one CPU core), with the default auxiliaries pinned so that the tag keeps meaning the
-    auxiliaries that trained it if the defaults ever change."""
+    one CPU core), with the auxiliaries that trained it pinned (the default of their time,
+    :data:`~hpff_zoo.local.CHEAP_AUX`), so that the tag keeps meaning them after the defaults
+    changed."""
     spec = _spec("hpff_resnet32", "cifar_resnet32", "fmnist", method, k, hpff, epochs=16)
-    return replace(spec, preset="fmnist-full", train_images=60_000, **DEFAULT_AUX)
+    return replace(spec, preset="fmnist-full", train_images=60_000, **CHEAP_AUX)
 
 
 # The first tag of each architecture is its default (timm's rule when no tag has weights yet);

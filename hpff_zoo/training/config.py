@@ -141,7 +141,7 @@ class RunConfig:
                       type=positive_int)  # fmt: skip
     aux: str | None = option(
         help="auxiliary architecture preset: paper (the official code's) or cheap (default: the "
-        "model's)",
+        "method's, paper at budget 0.1 for infopro and cheap otherwise; a tag's own)",
         group=MODEL,
         choices=("paper", "cheap"),
     )
