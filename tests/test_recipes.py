@@ -297,8 +297,11 @@ def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(tmp_pa
     for name, value in weights["nchw"].items():
         other = weights["channels-last"][name]
         assert other.is_contiguous()
-        # Three steps at lr 0.2 leave float-reordering differences below 1e-3 of a tensor's
-        # scale (0.1 at least: the zero-initialised last BatchNorm weights are still near 0);
-        # a layout bug (a weight read transposed) would differ at the scale itself.
+        # Three steps at lr 0.2 leave float-reordering differences under 1 % of the scale
+        # below (0.34 % measured: the paper decoder's near-cancelling gradients; that the layout
+        # computes the same is shown in float64 by
+        # test_channels_last_gives_the_plain_layouts_gradients), while a layout bug (a weight
+        # read transposed) would differ at the tensor's scale itself (0.1 at least: the
+        # zero-initialised last BatchNorm weights are still near 0).
         scale = max(value.float().abs().max().item(), 0.1)
-        assert (other.float() - value.float()).abs().max().item() <= 2e-3 * scale, name
+        assert (other.float() - value.float()).abs().max().item() <= 2e-2 * scale, name
