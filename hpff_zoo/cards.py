@@ -23,6 +23,7 @@ import timm
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
+from .aux.arch import AUX_PRESET_NAMES, resolve_aux_arch
 from .local import LocalModel
 from .measure import step_flops
 from .models import tags
@@ -187,6 +188,7 @@ class CardFacts:
     num_classes: int
     num_params: int
     hf_hub_id: str | None
+    auxiliaries: str = ""
 
     @property
     def papers(self) -> tuple[Paper, ...]:
@@ -200,7 +202,25 @@ class CardFacts:
         pff = f"PFF {self.pff}×{self.pff} patches" if self.pff > 1 else "no PFF"
         method = {"infopro": "InfoPro", "dgl": "DGL", "predsim": "PredSim"}.get(self.method)
         modules = f"K={self.num_modules} gradient-isolated modules"
-        return f"{method or self.method}, {modules}, {hilo}, {pff}"
+        aux = f", {self.auxiliaries}" if self.auxiliaries else ""
+        return f"{method or self.method}, {modules}, {hilo}, {pff}{aux}"
+
+
+def describe_auxiliaries(model: LocalModel) -> str:
+    """The auxiliary networks ``model`` trains with, in words: which preset of its method, held
+    to which budget, PFF on which losses. Tags differing only there (``_paper``) need it said."""
+    if model.method == "e2e":
+        return ""
+    preset = next(
+        (f"`{name}`" for name in AUX_PRESET_NAMES
+         if resolve_aux_arch(model.method, name) == model.aux_arch),
+        "custom",
+    )  # fmt: skip
+    budget = f" at {model.aux_budget:.0%} of each module's FLOPs" if model.aux_budget else ""
+    words = f"{preset} auxiliaries{budget or ' (unbudgeted)'}"
+    if model.pff > 1 and model.pff_scope != "all":
+        words += f", PFF on the {model.pff_scope} losses only"
+    return words
 
 
 def find_dataset(name: str) -> Dataset | None:
@@ -230,6 +250,7 @@ def card_facts(model: LocalModel, name: str, dataset: str, hf_hub_id: str | None
         num_classes=model.num_classes,
         num_params=sum(p.numel() for p in model.backbone.parameters()),
         hf_hub_id=hf_hub_id,
+        auxiliaries=describe_auxiliaries(model),
     )
 
 

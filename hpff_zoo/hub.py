@@ -46,6 +46,7 @@ from safetensors import SafetensorError
 from timm.models._hub import save_config_for_hf
 
 from . import __version__
+from .aux.arch import resolve_aux_arch
 from .cards import (
     RunRecord,
     card_facts,
@@ -125,6 +126,11 @@ def _check_tag(model: LocalModel, spec: TagSpec) -> None:
         "mean": (tuple(data["mean"]), tuple(cfg.get("mean", ()))),
         "std": (tuple(data["std"]), tuple(cfg.get("std", ()))),
     }
+    if spec.aux is not None and spec.method != "e2e":  # pinned auxiliaries
+        expected["aux"] = (resolve_aux_arch(spec.method, spec.aux), model.aux_arch)
+        expected["aux_budget"] = (spec.aux_budget, model.aux_budget)
+        if spec.pff > 1:
+            expected["pff_scope"] = (spec.pff_scope, model.pff_scope)
     wrong = [f"{k}: tag {a!r}, model {b!r}" for k, (a, b) in expected.items() if a != b]
     if spec.method == "e2e":  # the baseline's partition does not matter
         wrong = [w for w in wrong if not w.startswith(("num_modules", "hilo", "pff"))]

@@ -120,6 +120,19 @@ def test_export_refuses_a_model_that_does_not_match_its_tag(exported, tmp_path):
         hub.export_model(exported[0], exported[1], tag=TAG, record=record())
 
 
+def test_export_checks_a_tags_pinned_auxiliaries(tmp_path):
+    """Weights trained with other auxiliaries than a tag pins cannot be published as it."""
+    tag = "hpff_resnet32.fmnist_infopro_k16_hpff_paper"
+    trained = timm.create_model(tag)  # the tag's own setting: paper, unbudgeted, decoder
+    cheap = timm.create_model(tag, aux="cheap", aux_budget=0.1, pff_scope="all")
+    budgeted = timm.create_model(tag, aux_budget=0.1)
+    for mismatch, wrong in [(cheap, "aux:"), (budgeted, "aux_budget")]:
+        with pytest.raises(ValueError, match=rf"not match tag {tag}: .*{wrong}"):
+            hub.export_model(mismatch, tmp_path / "x", tag=tag, record=record())
+    folder = hub.export_model(trained, tmp_path / "ok", tag=tag, record=record())
+    assert (folder / "README.md").is_file()
+
+
 def test_run_record_validation(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"dataset": "fmnist", "top1": 90.0, "accuracy": 1}))

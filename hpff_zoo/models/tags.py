@@ -1,7 +1,8 @@
 """The zoo's catalogue: every pretrained tag, the run that makes it, and where its weights live.
 
-A tag names one training run, ``<arch>.<dataset>_<method>[_k<K>][_hpff]`` (``_hpff`` = HiLo
-cascade size 2 + PFF 2×2), for example ``hpff_resnet32.fmnist_infopro_k16_hpff``. Its
+A tag names one training run, ``<arch>.<dataset>_<method>[_k<K>][_hpff][_<aux>]`` (``_hpff`` =
+HiLo cascade size 2 + PFF 2×2; ``_<aux>`` names auxiliaries other than the ones the first tags
+shipped with, e.g. ``_paper``), for example ``hpff_resnet32.fmnist_infopro_k16_hpff``. Its
 :class:`TagSpec` holds everything that run fixes: the dataset and its preprocessing, the local
 method and its settings (applied as defaults when the tag is created, so a downloaded checkpoint
 comes back in the setting it was trained in), the planned schedule, and the Hub repository
@@ -200,7 +201,19 @@ class TagSpec:
         else:
             name += f"_hilo{self.hilo}" if self.hilo else ""
             name += f"_pff{self.pff}" if self.pff > 1 else ""
-        return name
+        return name + self.aux_suffix
+
+    @property
+    def aux_suffix(self) -> str:
+        """``_<preset>[<budget in %>]`` when the tag pins other auxiliaries than the ones an
+        unsuffixed tag means (:data:`~hpff_zoo.local.CHEAP_AUX`, the default when the first
+        tags shipped), so that a tag's name stays true after the defaults change: ``_paper``
+        is the official architecture, ``_paper10`` it held to 10 % of the module's FLOPs. The
+        PFF scope is not in the name: a tag's card and cfg state it."""
+        pinned = dict(aux=self.aux, aux_budget=self.aux_budget, pff_scope=self.pff_scope)
+        if self.aux is None or pinned == CHEAP_AUX:
+            return ""
+        return f"_{self.aux}{round(self.aux_budget * 100) if self.aux_budget else ''}"
 
     @property
     def name(self) -> str:
@@ -270,6 +283,10 @@ class TagSpec:
             how = f"{self.method} local learning, K={self.num_modules}"
             how += f", HiLo k={self.hilo}" if self.hilo else ", no HiLo"
             how += f", PFF {self.pff}x{self.pff}" if self.pff > 1 else ", no PFF"
+        if self.aux_suffix:
+            budget = f" at {self.aux_budget:.0%} of each module's FLOPs" if self.aux_budget else ""
+            how += f", {self.aux} auxiliaries{budget}"
+            how += f", PFF scope '{self.pff_scope}'" if self.pff > 1 else ""
         return f"{self.base} trained on {self.dataset.title} with {how}"
 
 
@@ -294,13 +311,18 @@ def _spec(arch: str, base: str, dataset: str, method: str, k: int, hpff: bool, e
     return TagSpec(arch, base, DATASETS[dataset], method, k, hilo, pff, epochs)
 
 
-def _fmnist_spec(method: str, k: int, hpff: bool) -> TagSpec:
+def _fmnist_spec(method: str, k: int, hpff: bool, aux: dict[str, Any] = CHEAP_AUX) -> TagSpec:
     """A Fashion-MNIST tag trained on all 60,000 images with preset ``fmnist-full`` (16 epochs on
-    one CPU core), with the auxiliaries that trained it pinned (the default of their time,
-    :data:`~hpff_zoo.local.CHEAP_AUX`), so that the tag keeps meaning them after the defaults
-    changed."""
+    one CPU core), with the auxiliaries that trained it pinned (by default
+    :data:`~hpff_zoo.local.CHEAP_AUX`, the default of the first tags' time), so that the tag
+    keeps meaning them after the defaults changed."""
     spec = _spec("hpff_resnet32", "cifar_resnet32", "fmnist", method, k, hpff, epochs=16)
-    return replace(spec, preset="fmnist-full", train_images=60_000, **CHEAP_AUX)
+    return replace(spec, preset="fmnist-full", train_images=60_000, **aux)
+
+
+# The paper's InfoPro* auxiliaries as the official code runs them: unbudgeted, PFF on the
+# decoder's loss only (with PFF off the scope does not matter).
+_PAPER_AUX = dict(aux="paper", aux_budget=None, pff_scope="decoder")
 
 
 # The first tag of each architecture is its default (timm's rule when no tag has weights yet);
@@ -312,6 +334,8 @@ _CATALOGUE = (
     _fmnist_spec("dgl", 16, True),
     _fmnist_spec("dgl", 16, False),
     _fmnist_spec("e2e", 1, False),
+    _fmnist_spec("infopro", 16, True, aux=_PAPER_AUX),
+    _fmnist_spec("infopro", 16, False, aux=_PAPER_AUX),
     _spec("hpff_resnet110", "cifar_resnet110", "cifar10", "infopro", 55, True, 400),
     _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, True, 90),
     _spec("hpff_resnet101", "resnet101", "in1k", "infopro", 4, False, 90),
