@@ -23,7 +23,11 @@ and a module a later window or its release still needs keeps only its detached i
 (stored anyway) and its collected gradient; it is re-run from ``u_j`` (same random numbers, no
 second update of running statistics) when that gradient arrives. At most one module's graph is
 then alive at any time, and within it only the atoms' inputs outside the atom being recomputed
-(:meth:`~hpff_zoo.LocalModel._run_atom`).
+(:meth:`~hpff_zoo.LocalModel._run_atom`). At granularity ``"block"``
+(``set_grad_checkpointing(True, granularity="block")``) a module of several atoms keeps its
+checkpointed graph, which holds only its atoms' inputs, for its later passes instead of
+re-running: two modules' atom inputs may be alive, for one module forward fewer
+(:meth:`~hpff_zoo.LocalModel._reruns_waiting_module`).
 
 The weights scale only the gradient the auxiliary losses send into the backbone; each auxiliary
 network itself trains on its own unscaled loss (in the official code the 0.001 weight also slows
@@ -184,7 +188,8 @@ class StreamedStep:
         self.inputs: dict[int, Tensor] = {}  # u_j, the detached input of module j
         # h_j, kept while a later window may reach j; None once its graph is freed (recompute)
         self.outputs: dict[int, Tensor | None] = {}
-        self.recompute = model.grad_checkpointing and self.k > 1
+        # Modules that re-run from u_j instead of keeping their graph for a later pass.
+        self.reruns = {j for j in self.modules if model._reruns_waiting_module(j)}
         self.rng: dict[int, RngSnapshot] = {}  # the generators before module j's first run
         self.pending: dict[int, Tensor] = {}  # gradient collected for h_j so far
         self.boundary: dict[int, Tensor] = {}  # reach left -> gradient for the previous stage
@@ -236,7 +241,7 @@ class StreamedStep:
                 del g_cas
                 loss = loss + w_cas * cascade_loss
             self.losses[f"module{j + 1}"] = loss
-            if self.recompute and j in self.outputs:  # re-run when its gradient arrives
+            if j in self.reruns and j in self.outputs:  # re-run when its gradient arrives
                 # Before the release below re-runs an earlier module: else two graphs are alive.
                 self.outputs[j] = None
                 h = h.detach()
@@ -261,7 +266,7 @@ class StreamedStep:
     def _forward(self, j: int, previous: Tensor) -> Tensor:
         # Module j's input needs a gradient only if a cascade will reach back through it.
         u = previous.detach().requires_grad_(self.k > 1 and j > 0)
-        if self.recompute:
+        if j in self.reruns:
             self.rng[j] = RngSnapshot(u)
         h = self.model._run_module(j, u)
         self.inputs[j], self.outputs[j] = u, h
@@ -275,7 +280,7 @@ class StreamedStep:
         re-run from u_j with the random numbers of its first run.
         """
         h = self.outputs[j]
-        if not self.recompute:
+        if j not in self.reruns:
             return h
         self.outputs[j] = None
         if h is None:
@@ -307,7 +312,7 @@ class StreamedStep:
                 h = self._graph(j)
                 with self.model._recomputing():
                     (grad,) = torch.autograd.grad(
-                        h, self.inputs[j], grad, retain_graph=not self.recompute
+                        h, self.inputs[j], grad, retain_graph=j not in self.reruns
                     )
                 del h
                 j -= 1

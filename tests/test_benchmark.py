@@ -196,3 +196,8 @@ def test_ckpt_plug_in_turns_on_the_checkpointed_local_step():
 
     model = build("hpff_resnet32", "infopro+hpff+ckpt", num_modules=4)
     assert model.grad_checkpointing and model.backbone.grad_checkpointing
+    assert model.checkpoint_granularity == "module"
+    model = build("hpff_resnet32", "infopro+hpff+blockckpt", num_modules=4)
+    assert model.grad_checkpointing and model.checkpoint_granularity == "block"
+    with pytest.raises(ValueError, match="blockckpt for local"):
+        build("hpff_resnet32", "e2e+blockckpt")

@@ -22,11 +22,11 @@ from .helpers import batch
 PLUGINS = {"plain": (False, 1), "hilo": (2, 1), "pff": (False, 2), "hpff": (2, 2)}
 
 
-def _twins(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _twins(model: nn.Module, granularity: str = "module") -> tuple[nn.Module, nn.Module]:
     """``model`` and a copy of it with checkpointing on, both float64 in training mode."""
     plain = model.double().train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.set_grad_checkpointing(True)
+    checkpointed.set_grad_checkpointing(True, granularity=granularity)
     return plain, checkpointed
 
 
@@ -77,6 +77,15 @@ def _matrix():
 def test_checkpointed_local_step_is_the_plain_step(method, plugins):
     x, y = batch(4, resolution=16)
     _assert_same_step(*_twins(_resnet(method, plugins)), x.double(), y)
+
+
+@pytest.mark.parametrize("num_modules", [5, 16])
+def test_block_granularity_is_the_plain_step(num_modules):
+    """Blocks only: K=5 modules keep their checkpointed graphs, K=16's one-block modules
+    re-run (both paths of the granularity)."""
+    x, y = batch(4, resolution=16)
+    model = timm.create_model("hpff_resnet32", num_modules=num_modules, method="infopro")
+    _assert_same_step(*_twins(model, granularity="block"), x.double(), y)
 
 
 def test_checkpointed_e2e_step_counts_each_batch_once_in_running_statistics():
@@ -140,6 +149,10 @@ def test_with_hilo_at_most_one_module_graph_is_alive():
     assert recomputing < retaining
     assert recomputing <= independent + hand_offs
     assert independent_checkpointed < independent  # atoms checkpointed inside the module
+    hilo.set_grad_checkpointing(True, granularity="block")
+    blocks = _graph_peak(hilo, x, y)  # two modules' block inputs at most, no whole graph
+    assert recomputing <= blocks < retaining
+    assert blocks <= independent + hand_offs
 
 
 def test_checkpointed_segmentation_local_step_is_the_plain_step():

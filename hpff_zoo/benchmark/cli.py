@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "learning configurations against E2E. Configurations: e2e, or a method (dgl, infopro, "
         "predsim, man) with optional plug-ins +hilo, +pff or +hpff (= HiLo + PFF), any with "
         "+ckpt (set_grad_checkpointing: activation checkpointing, least-memory local step), "
+        "a local one with +blockckpt (checkpointing at granularity 'block': faster), "
         "and auxiliary options :paper or :cheap (preset), "
         ":decoder or :all (PFF scope), :0.1 (aux budget), e.g. infopro+hpff:cheap:0.1.",
     )

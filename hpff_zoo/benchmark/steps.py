@@ -3,7 +3,8 @@
 A *configuration* names a local method and the HPFF plug-ins it uses: ``e2e``, ``infopro``,
 ``infopro+hilo``, ``infopro+pff``, ``infopro+hpff`` (= HiLo + PFF), likewise for ``dgl``,
 ``predsim`` and ``man``; ``+ckpt`` turns ``set_grad_checkpointing`` on (``e2e+ckpt``: E2E with
-activation checkpointing; ``infopro+hpff+ckpt``: the checkpointed local step). Every
+activation checkpointing; ``infopro+hpff+ckpt``: the least-memory local step), ``+blockckpt``
+on a local configuration turns it on at granularity ``"block"`` (blocks only). Every
 configuration is built from the same model name and measured on the same batch; ratios are
 against the ``e2e`` configuration.
 
@@ -50,7 +51,7 @@ __all__ = [
     "steps_table",
 ]
 
-PLUGINS = ("hilo", "pff", "hpff", "ckpt")
+PLUGINS = ("hilo", "pff", "hpff", "ckpt", "blockckpt")
 DEFAULT_CONFIGS = ("e2e", "infopro", "infopro+hilo", "infopro+pff", "infopro+hpff")
 
 
@@ -72,8 +73,8 @@ def model_kwargs(config: str) -> dict[str, object]:
         )
     if method == "e2e" and set(plugins) - {"ckpt"}:
         raise ValueError(
-            f"bad configuration {config!r}: plug-ins are hilo, pff or hpff for local methods, "
-            "ckpt (activation checkpointing) for any"
+            f"bad configuration {config!r}: plug-ins are hilo, pff, hpff or blockckpt for local "
+            "methods, ckpt (activation checkpointing) for any"
         )
     hilo = "hilo" in plugins or "hpff" in plugins
     pff = "pff" in plugins or "hpff" in plugins
@@ -130,8 +131,11 @@ def build(
     if img_size is not None and "vit" in model_name:
         kwargs["img_size"] = img_size
     model = timm.create_model(model_name, **kwargs).to(device)
-    if "+ckpt" in config:  # E2E: the rival users already have; local: least memory
+    plugins = config.split(":")[0].split("+")[1:]
+    if "ckpt" in plugins:  # E2E: the rival users already have; local: least memory
         model.set_grad_checkpointing(True)
+    elif "blockckpt" in plugins:
+        model.set_grad_checkpointing(True, granularity="block")
     return model
 
 
