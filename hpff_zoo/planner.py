@@ -3,7 +3,8 @@
 A user with a given GPU asks: how do I train this model at this batch size within this memory,
 as fast as possible? The rivals are plain end-to-end backprop (E2E), E2E with activation
 checkpointing (``set_grad_checkpointing``: less memory for a second forward) and the local
-configurations of the user's method (K modules, a PFF grid, checkpointing on or off). The
+configurations of the user's method (K modules, a PFF grid, checkpointing off or on, with HiLo
+at either granularity of :meth:`~hpff_zoo.LocalModel.set_grad_checkpointing`). The
 planner answers by measurement, not by formula:
 
 * static memory is counted exactly: weights, gradients and optimizer state (SGD momentum by
@@ -20,7 +21,9 @@ The choice: plain E2E whenever it fits (exact gradients, no recompute, no auxili
 nothing to trade, so nothing is timed); otherwise the fastest timed candidate that fits, E2E +
 checkpointing included. A checkpointed configuration is measured only when its plain twin does
 not fit (with the twin fitting it would add a recompute and nothing else), and dropped when it
-needs no less memory than the twin (a step the switch does not change). When nothing fits, the
+needs no less memory than the twin (a step the switch does not change); a ``"block"`` one is
+dropped when it needs the same as the ``"module"`` one (one-block modules: the same step). When
+nothing fits, the
 error states the smallest peak any candidate reaches.
 
     python -m hpff_zoo.planner --model hpff_resnet110 --batch-size 1024 --budget 4GB
@@ -80,8 +83,10 @@ def format_bytes(value: int, like: str | int = "GiB") -> str:
 class Candidate:
     """One configuration the planner measured.
 
-    ``method="e2e"`` with ``checkpointing=True`` is E2E + activation checkpointing. ``step_time``
-    is the measured step time relative to plain E2E on the same batch (``None``: not timed).
+    ``method="e2e"`` with ``checkpointing=True`` is E2E + activation checkpointing;
+    ``checkpoint_granularity`` is what a checkpointed HiLo step recomputes (see
+    :meth:`~hpff_zoo.LocalModel.set_grad_checkpointing`). ``step_time`` is the measured step time
+    relative to plain E2E on the same batch (``None``: not timed).
     """
 
     method: str
@@ -91,6 +96,24 @@ class Candidate:
     dynamic_bytes: int
     checkpointing: bool = False
     step_time: float | None = None
+    checkpoint_granularity: str = "module"
+
+    def apply_checkpointing(self, model: LocalModel) -> None:
+        """Set ``model``'s checkpointing as this candidate was measured."""
+        model.set_grad_checkpointing(self.checkpointing, granularity=self.checkpoint_granularity)
+
+    @property
+    def _at_granularity(self) -> str:
+        """`` (block)`` where the granularity is not the default, else nothing."""
+        granularity = self.checkpoint_granularity
+        return "" if granularity == "module" else f" ({granularity})"
+
+    @property
+    def _checkpointing_call(self) -> str:
+        """The call that sets it, as the summary tells the user."""
+        granularity = self.checkpoint_granularity
+        option = "" if granularity == "module" else f", granularity={granularity!r}"
+        return f"model.set_grad_checkpointing(True{option})"
 
     @property
     def predicted_bytes(self) -> int:
@@ -102,7 +125,7 @@ class Candidate:
         base = "E2E" if self.method == "e2e" else f"{self.method} K={self.num_modules}"
         if self.method != "e2e" and self.pff > 1:
             base += f" PFF {self.pff}x{self.pff}"
-        return base + (" + checkpointing" if self.checkpointing else "")
+        return base + (f" + checkpointing{self._at_granularity}" if self.checkpointing else "")
 
 
 @dataclass(frozen=True)
@@ -116,7 +139,7 @@ class Plan:
 
     def model_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``timm.create_model`` that build the chosen configuration
-        (then call ``model.set_grad_checkpointing(True)`` if ``chosen.checkpointing``)."""
+        (then ``chosen.apply_checkpointing(model)``)."""
         return dict(
             method=self.chosen.method, num_modules=self.chosen.num_modules, pff=self.chosen.pff
         )
@@ -132,7 +155,7 @@ class Plan:
                 f"E2E + checkpointing is the fastest configuration that fits{speed}: train "
                 "end-to-end with model.set_grad_checkpointing(True)"
             )
-        then = " and model.set_grad_checkpointing(True)" if c.checkpointing else ""
+        then = f" and {c._checkpointing_call}" if c.checkpointing else ""
         kwargs = self.model_kwargs()
         return f"{c.name} is the fastest configuration that fits{speed}: {kwargs}{then}"
 
@@ -145,8 +168,9 @@ class Plan:
             fits = "yes" if c.predicted_bytes <= self.budget_bytes else "no"
             mark = " (chosen)" if c == self.chosen else ""
             time = "-" if c.step_time is None else f"{c.step_time:.2f}"
+            switch = f"on{c._at_granularity}" if c.checkpointing else "off"
             lines.append(
-                f"| {c.method} | {c.num_modules} | {c.pff} | {'on' if c.checkpointing else 'off'} "
+                f"| {c.method} | {c.num_modules} | {c.pff} | {switch} "
                 f"| {format_bytes(c.predicted_bytes, self.unit)} | {time} | {fits}{mark} |"
             )
         return "\n".join(lines)
@@ -201,17 +225,19 @@ def _module_ladder(num_atoms: int, paper_k: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Config:
-    """A configuration to measure; ``checkpointing`` applies timm's switch after building."""
+    """A configuration to measure; ``checkpointing`` applies timm's switch after building, at
+    ``granularity``."""
 
     method: str
     num_modules: int
     pff: int
     checkpointing: bool
+    granularity: str = "module"
 
     @property
     def plain(self) -> _Config:
         """The same configuration without checkpointing (its *twin*)."""
-        return replace(self, checkpointing=False)
+        return replace(self, checkpointing=False, granularity="module")
 
 
 PLAIN_E2E = _Config("e2e", 1, 1, False)
@@ -279,7 +305,7 @@ def plan(
             model_name, num_classes=num_classes, method=config.method,
             num_modules=config.num_modules, pff=config.pff, hilo=hilo, **extra,
         )  # fmt: skip
-        model.set_grad_checkpointing(config.checkpointing)
+        model.set_grad_checkpointing(config.checkpointing, granularity=config.granularity)
         return model.to(device)
 
     probe = timm.create_model(model_name, num_classes=num_classes, method="e2e", **extra)
@@ -290,7 +316,7 @@ def plan(
             f"{format_bytes(least_static, budget_bytes)}, above the budget of "
             f"{format_bytes(budget, budget_bytes)} before any activation is stored"
         )
-    configs = _configs(probe, model_name, method, pff_grids, min_modules, checkpointing)
+    configs = _configs(probe, model_name, method, hilo, pff_grids, min_modules, checkpointing)
     if not configs:
         raise ValueError(
             f"{model_name} has {len(probe.partition.atoms)} blocks: no K >= {min_modules} to plan"
@@ -307,11 +333,17 @@ def plan(
         except ValueError:  # e.g. a PFF grid larger than some module's feature map
             continue
         fit = reference_fit if config == PLAIN_E2E else _dynamic_fit(model, img_size)
-        candidate = Candidate(config.method, config.num_modules, config.pff,
-                              static_bytes(model, optimizer_slots), fit.at(batch_size),
-                              config.checkpointing)  # fmt: skip
+        candidate = Candidate(
+            config.method, config.num_modules, config.pff, static_bytes(model, optimizer_slots),
+            fit.at(batch_size), config.checkpointing, checkpoint_granularity=config.granularity,
+        )  # fmt: skip
         if config.checkpointing and candidate.dynamic_bytes >= twin.dynamic_bytes:
             continue  # the switch saves nothing in this step: the same step, not a candidate
+        module_twin = measured.get(replace(config, granularity="module"))
+        if config.granularity != "module" and (
+            module_twin is None or candidate.dynamic_bytes == module_twin.dynamic_bytes
+        ):
+            continue  # one-block modules re-run at either granularity: the same step
         measured[config] = candidate
     fits = [c for c in measured if measured[c].predicted_bytes <= budget]
     if not fits:
@@ -379,18 +411,25 @@ def _configs(
     probe: LocalModel,
     model_name: str,
     method: str,
+    hilo: int | bool,
     pff_grids: Sequence[int],
     min_modules: int,
     checkpointing: Sequence[bool],
 ) -> list[_Config]:
-    """E2E (plain, then checkpointed), then each K of the ladder, each grid, plain first."""
+    """E2E (plain, then checkpointed), then each K of the ladder, each grid, plain first, then
+    checkpointed at each granularity (``"block"`` only with HiLo: without a cascade nothing
+    waits, and the two are one step)."""
     switch = sorted(set(checkpointing))  # False before True: a twin is measured first
     configs = [_Config("e2e", 1, 1, c) for c in switch] if min_modules <= 1 else []
     if method == "e2e":
         return configs
+    settings = [(c, "module") for c in switch]
+    if True in switch and hilo:
+        settings.append((True, "block"))
     for k in _module_ladder(len(probe.partition.atoms), _paper_k(model_name)):
         if k > 1 and k >= min_modules:
-            configs += [_Config(method, k, n, c) for n in dict.fromkeys(pff_grids) for c in switch]
+            configs += [_Config(method, k, n, c, g) for n in dict.fromkeys(pff_grids)
+                        for c, g in settings]  # fmt: skip
     return configs
 
 

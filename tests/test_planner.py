@@ -42,8 +42,10 @@ FAKE_PER_SAMPLE = {("e2e", 1, False): 2.0, ("e2e", 1, True): 0.7, ("infopro", 2,
                    ("infopro", 16, False): 0.5, ("infopro", 16, True): 0.3}  # fmt: skip
 
 
-def _key(model) -> tuple[str, int, bool]:
-    return model.method, model.num_modules, model.grad_checkpointing
+def _key(model) -> tuple[str, int, bool | str]:
+    """(method, K, checkpointing), the last ``"block"`` at that granularity."""
+    block = model.grad_checkpointing and model.checkpoint_granularity == "block"
+    return model.method, model.num_modules, "block" if block else model.grad_checkpointing
 
 
 @pytest.fixture
@@ -141,6 +143,27 @@ def test_budget_below_e2e_checkpointing_is_local(fake_measurements):
     result = _plan(k16.static_bytes + int(0.4 * MIB * 128))
     assert result.chosen.checkpointing and result.chosen.num_modules == 16
     assert "and model.set_grad_checkpointing(True)" in result.summary()
+
+
+def test_block_granularity_is_chosen_where_it_fits_and_is_faster(fake_measurements, monkeypatch):
+    """Between the module granularity's need and the plain step's, both checkpointed steps
+    fit and the faster wins; below the block granularity's need only the module one fits."""
+    monkeypatch.setitem(FAKE_PER_SAMPLE, ("infopro", 16, "block"), 0.4)
+    step_seconds, _ = fake_measurements
+    step_seconds.update({("e2e", 1, False): 1.0, ("infopro", 16, True): 1.9,
+                         ("infopro", 16, "block"): 1.6})  # fmt: skip
+    k16 = next(c for c in _plan(_budget(3.0)).candidates if c.num_modules == 16)
+    result = _plan(k16.static_bytes + int(0.45 * MIB * 128))
+    chosen = result.chosen
+    assert (chosen.num_modules, chosen.checkpointing, chosen.checkpoint_granularity) == (
+        16, True, "block")  # fmt: skip
+    assert "model.set_grad_checkpointing(True, granularity='block')" in result.summary()
+    assert "| infopro | 16 | 1 | on (block) |" in result.table()
+    model = timm.create_model("hpff_resnet32", **result.model_kwargs())
+    chosen.apply_checkpointing(model)
+    assert model.grad_checkpointing and model.checkpoint_granularity == "block"
+    result = _plan(k16.static_bytes + int(0.35 * MIB * 128))
+    assert (result.chosen.checkpointing, result.chosen.checkpoint_granularity) == (True, "module")
 
 
 def test_cli_prints_every_candidate_and_the_choice(fake_measurements, capsys):

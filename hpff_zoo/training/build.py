@@ -106,8 +106,8 @@ def create_local_model(config: RunConfig, data: ImageClassificationData) -> Loca
         model = create(config.model, pretrained=config.pretrained, **kwargs)
     except WEIGHTS_ERRORS as error:  # offline, no cache, a tag without weights
         raise RunError(f"--pretrained: {first_line(error)}") from None
-    if planned and planned.chosen.checkpointing:
-        model.set_grad_checkpointing(True)
+    if planned:
+        planned.chosen.apply_checkpointing(model)
     return model
 
 
