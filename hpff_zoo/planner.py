@@ -23,8 +23,7 @@ checkpointing included. A checkpointed configuration is measured only when its p
 not fit (with the twin fitting it would add a recompute and nothing else), and dropped when it
 needs no less memory than the twin (a step the switch does not change); a ``"block"`` one is
 dropped when it needs the same as the ``"module"`` one (one-block modules: the same step). When
-nothing fits, the
-error states the smallest peak any candidate reaches.
+nothing fits, the error states the smallest peak any candidate reaches.
 
     python -m hpff_zoo.planner --model hpff_resnet110 --batch-size 1024 --budget 4GB
 """
