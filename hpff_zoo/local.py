@@ -132,10 +132,13 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
 
     # On CPU, glibc keeps the activations a released module frees in its heap, so the process's
     # resident memory would not show the saving (see hpff_zoo.cpu_heap). Every n-th module
-    # release of a step hands the heap's free pages back to the OS. Each page handed back is
-    # faulted in again by the next module that needs it, so n trades resident memory for step
-    # time (ResNet-110, K=55, batch 128: resident growth / E2E 0.15 at n=1, 0.18-0.23 at n=4, 0.45
-    # never; ResNet-32 K=16 steps about 25 % slower at n=1, 5 % at n=4). 0 never trims.
+    # release of a step, and its last, hands the heap's free pages back to the OS. Each page
+    # handed back is faulted in again by the next module that needs it, so n trades resident
+    # memory for step time (ResNet-110, K=55, batch 128: resident growth / E2E 0.15 at n=1,
+    # 0.18-0.23 at n=4, 0.45 never; ResNet-32 K=16 steps about 25 % slower at n=1, 5 % at n=4).
+    # The last release's trim is for small K: ResNet-101 at K=4 releases 3 modules a step, so
+    # n=4 alone never trimmed (growth / E2E 0.58 checkpointed; 0.45 with it, steps 4 % slower).
+    # 0 never trims.
     trim_cpu_heap: int = 4
     # Set by set_grad_checkpointing: local_step then recomputes instead of retaining.
     grad_checkpointing: bool = False

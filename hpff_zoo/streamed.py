@@ -262,6 +262,9 @@ class StreamedStep:
             self._carry_back(self.modules[-1], grad, reach)
         for j in sorted(self.outputs):
             self._release(j)
+        every = self.model.trim_cpu_heap
+        if every and self.released % every and self.x.device.type == "cpu":
+            cpu_heap.trim()  # the step's last releases: else K - 1 < n would never trim
 
     def _forward(self, j: int, previous: Tensor) -> Tensor:
         # Module j's input needs a gradient only if a cascade will reach back through it.

@@ -61,14 +61,15 @@ def test_pff_lowers_the_peak_of_resnet32_k16_infopro():
     assert peaks[(2, 2)] < 0.60 * e2e
 
 
-def test_cpu_heap_is_trimmed_after_every_nth_module_release(monkeypatch):
+def test_cpu_heap_is_trimmed_after_every_nth_module_release_and_the_last(monkeypatch):
     from hpff_zoo import cpu_heap
 
     model = timm.create_model("hpff_resnet32", num_classes=10, num_modules=8)
     x, y = batch(4)
     trims = []
     monkeypatch.setattr(cpu_heap, "trim", lambda: trims.append(1))
-    for every, expected in ((0, 0), (1, 7), (4, 1), (8, 0)):  # 7 modules release their graphs
+    # 7 modules release their graphs: n = 4 trims after the 4th and the 7th, n = 8 after the 7th.
+    for every, expected in ((0, 0), (1, 7), (4, 2), (7, 1), (8, 1)):
         trims.clear()
         model.trim_cpu_heap = every
         model.local_step(x, y)
