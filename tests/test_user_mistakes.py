@@ -105,7 +105,7 @@ def test_benchmark_flags_are_refused_in_one_line(argv, message, capsys):
         (["accuracy", "--model", "hpff_resnt32"], "did you mean 'hpff_resnet32'"),
         (["parallel", "--method", "dlg"], "did you mean 'dgl'"),
         (["parallel", "--stages", "0"], "must be a positive integer, got 0"),
-        (["memroy"], "invalid choice: 'memroy'"),
+        (["memroy"], "invalid choice: 'memroy'; did you mean 'memory'?"),
     ],
 )
 def test_every_benchmark_command_refuses_a_bad_flag_in_one_line(argv, message, capsys):
@@ -126,7 +126,7 @@ def test_accuracy_cells_are_checked_before_any_training(capsys, tmp_path):
 @pytest.mark.parametrize(
     "module,argv,message",
     [
-        ("hub", ["lst"], "invalid choice: 'lst'"),
+        ("hub", ["lst"], "invalid choice: 'lst'; did you mean 'list'?"),
         ("planner", ["--model", "hpff_resnet32", "--batch-size", "8", "--budget", "1GB",
                      "--no-hillo"], "unrecognized arguments: --no-hillo; did you mean --no-hilo?"),
     ],
