@@ -17,6 +17,7 @@ annotations`` here: an FX-traced copy of the model is scripted from these type h
 """
 
 import contextlib
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aux import AUX_METHODS, UNBUDGETED_METHODS
+from .aux import AUX_METHODS, AUX_OPTIONS, UNBUDGETED_METHODS
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES
 from .auxiliaries import AuxiliaryBuilder
@@ -164,7 +165,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self.cascade_size = 1 if method == "e2e" else cascade_size
         self.pff = 1 if method == "e2e" else grid_size
         self.hilo_weights = _weight_pair(hilo_weights)
-        self.aux_options = dict(aux_options or {})
+        self.aux_options = _aux_options(method, aux_options)
         self.aux_arch = resolve_aux_arch(method, aux)
         if aux_budget is not None and not aux_budget > 0:
             raise ValueError(f"aux_budget must be a positive fraction, got {aux_budget!r}")
@@ -182,14 +183,14 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self.pff_scope = pff_scope
         self.backbone = backbone
         self.num_classes = backbone.num_classes
-        self.input_size = tuple(input_size or _default_input_size(backbone))
+        self.input_size = _image_size("input_size", input_size or _default_input_size(backbone))
         self.partition: Partition = partition_backbone(
             backbone,
             num_modules,
             self.input_size,
             splits=splits,
             balance=balance,
-            trace_size=trace_size,
+            trace_size=trace_size and _image_size("trace_size", trace_size),
         )
         if 1 < self.partition.num_modules < self.cascade_size:
             raise ValueError(
@@ -527,6 +528,34 @@ def _weight_pair(weights: Any) -> tuple[float, float]:
         ) from None
 
 
+def _image_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
+    """``size`` as ``(C, H, W)``, refused at creation unless three positive integers: the
+    partitioner runs the backbone at it, where torch would fail naming a padded kernel size."""
+    try:
+        out = tuple(operator.index(n) for n in size)  # ints, numpy's and torch's included
+    except TypeError:
+        out = ()
+    if len(out) != 3 or min(out) < 1:
+        raise ValueError(f"{name} must be (C, H, W), three positive integers, got {size!r}")
+    return out
+
+
+def _aux_options(method: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a dict, refused at creation where ``method``'s auxiliaries read no such
+    key: each reads only its own (:data:`~hpff_zoo.aux.base.AUX_OPTIONS`) and would train with
+    its defaults, without a word, under a misspelt or another method's option."""
+    options = dict(options or {})
+    valid = AUX_OPTIONS.get(method, ())
+    for key in options:
+        if key not in valid:
+            owners = sorted(m for m, keys in AUX_OPTIONS.items() if key in keys)
+            also = f" ({key!r} is an option of {', '.join(owners)})" if owners else ""
+            if not valid:
+                raise ValueError(f"method={method!r} takes no aux_options, got {key!r}{also}")
+            raise ValueError(unknown_name(f"{method} aux option", key, valid) + also)
+    return options
+
+
 def create_backbone(name: str, local_names: Iterable[str], **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with two mistakes refused in one line first: a
     negative ``num_classes`` (torch would fail inside the classifier's constructor) and a
@@ -600,6 +629,9 @@ def from_timm(
             raise RuntimeError(unknown_name("timm model", model_or_name, timm.list_models()))
         names = [*local_keys, "num_modules", "method", "hilo", "pff"]
         backbone = create_backbone(model_or_name, names, **kwargs)
+    elif not isinstance(model_or_name, nn.Module):
+        kind = type(model_or_name).__name__
+        raise TypeError(f"from_timm takes a timm model or its name, not {model_or_name!r} ({kind})")
     elif kwargs:
         raise TypeError(f"timm keyword arguments {sorted(kwargs)} given with a model instance")
     else:

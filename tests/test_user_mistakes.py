@@ -38,6 +38,13 @@ def test_unknown_name_suggests_the_closest_and_lists_few():
         (dict(hilo_weights="cascade"), r"hilo_weights must be a pair \(independent, cascade\)"),
         (dict(hilo_weights=(0.5,)), "hilo_weights must be a pair"),
         (dict(num_classes=-1), "num_classes must be a count >= 0"),
+        (dict(aux={"widht": 8}), r"unknown aux fields \['widht'\]; did you mean 'width'"),
+        (dict(aux_options={"lambda": (1, 1)}), "aux option 'lambda'; did you mean 'lambdas'"),
+        (
+            dict(method="dgl", aux_options={"beta": 0.9}),
+            r"method='dgl' takes no aux_options, got 'beta' \('beta' is an option of predsim\)",
+        ),
+        (dict(input_size=(3, 0, 32)), r"input_size must be \(C, H, W\), three positive integers"),
         (
             dict(splits=[5, 10]),
             "num_modules=16 .* needs 15 split points, got 2: pass num_modules=3",
@@ -67,6 +74,15 @@ def test_a_misspelt_keyword_names_the_closest_option(create):
 def test_from_timm_suggests_close_model_names():
     with pytest.raises(RuntimeError, match="unknown timm model 'resnt18'; did you mean 'resnet18"):
         hpff_zoo.from_timm("resnt18")
+    with pytest.raises(TypeError, match=r"^from_timm takes a timm model or its name, not 18 \("):
+        hpff_zoo.from_timm(18)
+
+
+def test_a_misspelt_tag_names_the_closest_tags():
+    """timm's own "Invalid pretrained tag (fmnist_e2)" names neither."""
+    expected = r"^unknown hpff_resnet32 tag 'fmnist_e2'; did you mean 'fmnist_e2e'.*hub list\)$"
+    with pytest.raises(RuntimeError, match=expected):
+        timm.create_model("hpff_resnet32.fmnist_e2")
 
 
 @pytest.mark.parametrize(
