@@ -201,7 +201,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
         self._module_flops: dict[int, int] = {}  # module training FLOPs by index (batch 2)
         self.aux = self._build_aux_like_backbone()
-        self._warned_end_to_end = self._warned_eval_step = False
+        self._warned_end_to_end = False
 
     # Properties TorchScript must not compile: they read the (unscriptable) partition or build
     # Python containers; scripted code needs none of them.
@@ -335,21 +335,6 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             stacklevel=2,
         )
 
-    def _warn_eval_step(self) -> None:
-        """Warn, once per model, that ``local_step`` in ``eval()`` mode trains with frozen
-        normalisation: BatchNorm normalises with its running statistics and updates none, and
-        dropout is off, which is rarely meant (a loop that evaluated and forgot ``train()``)."""
-        if self._warned_eval_step:
-            return
-        self._warned_eval_step = True
-        warnings.warn(
-            f"{type(self).__name__}.local_step on a model in eval() mode: BatchNorm uses and keeps "
-            "its running statistics and dropout is off while the weights train. Call "
-            "model.train() before training (after each evaluation).",
-            UserWarning,
-            stacklevel=3,
-        )
-
     def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """The backbone's ``forward_intermediates`` (feature levels as in :attr:`feature_info`)."""
         return self.backbone.forward_intermediates(x, *args, **kwargs)
@@ -434,7 +419,8 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
     def local_step(
         self, x: Tensor, y: Tensor, backward: Backward | None = None
     ) -> dict[str, float]:
-        """One training step's forward and backward (no optimizer step).
+        """One training step's forward and backward (no optimizer step), in training mode: a
+        model in ``eval()`` mode is refused with a ``RuntimeError``.
 
         Args:
             x: input batch ``(B, C, H, W)``, normalised as the backbone expects.
@@ -449,9 +435,8 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             ``{"module1": ..., "module{K-1}": ...}`` each module's weighted auxiliary loss, and
             ``"head"``: the classifier's cross-entropy.
         """
+        self._check_training_mode()
         self._check_batch(x, y)
-        if not self.training:
-            self._warn_eval_step()
         backward = backward or default_backward
         if not self.uses_aux:
             loss = F.cross_entropy(self.backbone(x), y)
@@ -466,6 +451,18 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         if not self.grad_checkpointing:
             return contextlib.nullcontext()
         return frozen_running_stats(running_stat_norms(self.backbone))
+
+    def _check_training_mode(self) -> None:
+        """Refuse a step in ``eval()`` mode, before any work: BatchNorm would normalise with its
+        running statistics and update none, and dropout would be off, while the weights train.
+        That is a loop that evaluated and forgot ``train()``, never a choice: frozen statistics
+        on purpose are the norm layers alone in ``eval()``, which leaves the model in training."""
+        if not self.training:
+            raise RuntimeError(
+                f"{type(self).__name__}.local_step on a model in eval() mode: call model.train() "
+                "first (after each evaluation); to train with frozen BatchNorm statistics, put "
+                "only the norm layers in eval()"
+            )
 
     def _check_batch(self, x: Tensor, y: Tensor) -> None:
         channels = self.input_size[0]

@@ -198,20 +198,20 @@ def test_benchmark_memory_says_each_configuration_as_it_starts(capsys):
     assert "[1/2] memory of e2e\n" in err and "[2/2] memory of dgl (K=2)" in err
 
 
-def test_local_step_in_eval_mode_warns_once(recwarn):
-    """A loop that evaluated and forgot ``train()`` would train with frozen BatchNorm statistics:
-    said once, not per step, and never in training mode."""
+def test_local_step_in_eval_mode_is_refused_before_any_work():
+    """A loop that evaluated and forgot ``train()`` would train with frozen BatchNorm statistics
+    and no dropout: refused, with no gradient computed; frozen statistics on purpose are the norm
+    layers alone in eval(), which trains."""
     model = timm.create_model("hpff_resnet32", num_classes=3, num_modules=2, pff=1, hilo=False)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-    model.train().local_step(x, y)
-    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
-    running_mean = model.backbone.bn1.running_mean.clone()
-    with pytest.warns(UserWarning, match=r"local_step on a model in eval\(\) mode.*train\(\)"):
+    expected = r"^LocalModel.local_step on a model in eval\(\) mode: call model.train\(\) first"
+    with pytest.raises(RuntimeError, match=expected):
         model.eval().local_step(x, y)
-    assert torch.equal(model.backbone.bn1.running_mean, running_mean)  # what the warning says
-    recwarn.clear()
-    model.local_step(x, y)
-    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
+    assert all(p.grad is None for p in model.parameters())
+    model.train().backbone.bn1.eval()
+    running_mean = model.backbone.bn1.running_mean.clone()
+    assert set(model.local_step(x, y)) == {"module1", "head"}
+    assert torch.equal(model.backbone.bn1.running_mean, running_mean)
 
 
 def test_a_fine_tune_is_never_published_as_the_tag_it_started_from(monkeypatch):
