@@ -214,6 +214,19 @@ def test_local_step_in_eval_mode_is_refused_before_any_work():
     assert torch.equal(model.backbone.bn1.running_mean, running_mean)
 
 
+def test_a_tag_without_weights_is_told_the_flag_that_starts_fresh():
+    """The library's advice (pretrained=False) is no flag of the recipes: they say their own."""
+    from types import SimpleNamespace
+
+    from hpff_zoo.training.build import create_local_model
+
+    config = RunConfig(model="hpff_resnet32.cifar10_infopro_k16_hpff", pretrained=True)
+    with pytest.raises(SystemExit, match="has no published weights") as error:
+        create_local_model(config, SimpleNamespace(channels=3, num_classes=10))
+    assert str(error.value).endswith(", or drop --pretrained to start from fresh weights.")
+    assert "pretrained=False" not in str(error.value)
+
+
 def test_a_fine_tune_is_never_published_as_the_tag_it_started_from(monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     finetune = __import__("finetune")
