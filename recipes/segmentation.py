@@ -29,6 +29,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import hpff_zoo.seg  # noqa: F401  (registers HPFFEncoderDecoder and HPFFTransfer in mmseg)
+from hpff_zoo.choices import OneLineParser, no_such_file
 from hpff_zoo.seg import PretrainedUnavailableError
 from hpff_zoo.seg.config import (
     TTA_MODES,
@@ -43,7 +44,7 @@ from hpff_zoo.seg.smoke import SMOKE_CHECKPOINTS, SMOKE_CROP, SMOKE_ITERS, use_s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [("train", "train a config"), ("test", "evaluate a checkpoint")]:
         sub = commands.add_parser(name, help=help_text)
@@ -105,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             help="override config values, mmengine syntax (a.b=1 c=[1,2])",
         )
     args = parser.parse_args(argv)
+    for name in ("config", "checkpoint")[: 1 + (args.command == "test")]:
+        if missing := no_such_file(getattr(args, name)):
+            parser.error(f"{name}: {missing}")
     if getattr(args, "smoke", False) and args.data_root:
         parser.error("--smoke generates its own data: drop --data-root")
     return args

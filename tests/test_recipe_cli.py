@@ -167,7 +167,8 @@ def test_finetune_help_lists_the_flags_it_takes_with_one_default_each(capsys, mo
 
 
 def test_finetune_from_a_tag_without_weights_gives_advice_that_works(tmp_path, monkeypatch):
-    """--no-pretrained does not help a tag (a tag is its weights): its architecture is named."""
+    """--no-pretrained does not help a tag (a tag is its weights): its architecture is named.
+    Nothing is published to download, and the library's pretrained=False is no flag."""
     monkeypatch.syspath_prepend(str(RECIPES))
     finetune = __import__("finetune")
     unpublished = "hpff_resnet32.cifar10_infopro_k16_hpff"
@@ -177,6 +178,7 @@ def test_finetune_from_a_tag_without_weights_gives_advice_that_works(tmp_path, m
     error = str(exit_info.value)
     advice = re.search(r"from fresh weights: --init (\S+) --no-pretrained\.$", error)
     assert advice and "or use --no-pretrained" not in error, error
+    assert "download" not in error and "pretrained=False" not in error, error
     # The advised --init loads (the backbone finetune.py would train), with fresh weights.
     advised = argparse.Namespace(init=advice[1], pretrained=False, in_chans="auto")
     assert finetune.load_backbone(advised, num_classes=10).num_classes == 10

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -86,14 +87,36 @@ def test_launcher_reports_missing_data_with_the_preparation_steps(tmp_path):
         launcher.build_config(args)
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["trian", "x"], "invalid choice: 'trian'; did you mean 'train'?"),
+        (["train", "MISSPELT"], r"config: no such file '.*_hpff_k4\.py'; did you mean \S*hpff-k4"),
+        (["test", "RECIPE", "work_dirs/none/iter_9.pth"], "checkpoint: no such file"),
+        (["train", "RECIPE", "--launcher", "slrum"], "did you mean 'slurm'?"),
+    ],
+)  # fmt: skip
+def test_launcher_mistakes_are_one_line_with_the_closest_names(argv, message, capsys):
+    """No usage screen, no FileNotFoundError traceback from inside mmengine's config loader."""
+    config = str(recipe("hpff-k4"))
+    argv = [{"RECIPE": config, "MISSPELT": config.replace("-k4", "_k4")}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit):
+        _launcher().parse_args(argv)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, line), line
+
+
 def test_launcher_builds_each_tta_mode(cityscapes, tmp_path):
     launcher = _launcher()
+    checkpoint = tmp_path / "ckpt.pth"
+    checkpoint.touch()  # the launcher checks that it exists
     for mode, model in [("ss", "HPFFEncoderDecoder"), ("ms-flip", "SegTTAModel")]:
         args = launcher.parse_args(
-            ["test", str(recipe("e2e")), "ckpt.pth", "--tta", mode, "--data-root", str(cityscapes)]
-        )
+            ["test", str(recipe("e2e")), str(checkpoint), "--tta", mode,
+             "--data-root", str(cityscapes)]
+        )  # fmt: skip
         cfg = launcher.build_config(args)
         assert cfg.model.type == model
-        assert cfg.load_from == "ckpt.pth"
+        assert cfg.load_from == str(checkpoint)
     flips = [t.prob for t in cfg.test_dataloader.dataset.pipeline[1].transforms[1]]
     assert flips == [0.0, 1.0]

@@ -38,6 +38,13 @@ def test_unknown_name_suggests_the_closest_and_lists_few():
         (dict(hilo_weights="cascade"), r"hilo_weights must be a pair \(independent, cascade\)"),
         (dict(hilo_weights=(0.5,)), "hilo_weights must be a pair"),
         (dict(num_classes=-1), "num_classes must be a count >= 0"),
+        (dict(aux={"widht": 8}), r"unknown aux fields \['widht'\]; did you mean 'width'"),
+        (dict(aux_options={"lambda": (1, 1)}), "aux option 'lambda'; did you mean 'lambdas'"),
+        (
+            dict(method="dgl", aux_options={"beta": 0.9}),
+            r"method='dgl' takes no aux_options, got 'beta' \('beta' is an option of predsim\)",
+        ),
+        (dict(input_size=(3, 0, 32)), r"input_size must be \(C, H, W\), three positive integers"),
         (
             dict(splits=[5, 10]),
             "num_modules=16 .* needs 15 split points, got 2: pass num_modules=3",
@@ -67,6 +74,15 @@ def test_a_misspelt_keyword_names_the_closest_option(create):
 def test_from_timm_suggests_close_model_names():
     with pytest.raises(RuntimeError, match="unknown timm model 'resnt18'; did you mean 'resnet18"):
         hpff_zoo.from_timm("resnt18")
+    with pytest.raises(TypeError, match=r"^from_timm takes a timm model or its name, not 18 \("):
+        hpff_zoo.from_timm(18)
+
+
+def test_a_misspelt_tag_names_the_closest_tags():
+    """timm's own "Invalid pretrained tag (fmnist_e2)" names neither."""
+    expected = r"^unknown hpff_resnet32 tag 'fmnist_e2'; did you mean 'fmnist_e2e'.*hub list\)$"
+    with pytest.raises(RuntimeError, match=expected):
+        timm.create_model("hpff_resnet32.fmnist_e2")
 
 
 @pytest.mark.parametrize(
@@ -105,7 +121,7 @@ def test_benchmark_flags_are_refused_in_one_line(argv, message, capsys):
         (["accuracy", "--model", "hpff_resnt32"], "did you mean 'hpff_resnet32'"),
         (["parallel", "--method", "dlg"], "did you mean 'dgl'"),
         (["parallel", "--stages", "0"], "must be a positive integer, got 0"),
-        (["memroy"], "invalid choice: 'memroy'"),
+        (["memroy"], "invalid choice: 'memroy'; did you mean 'memory'?"),
     ],
 )
 def test_every_benchmark_command_refuses_a_bad_flag_in_one_line(argv, message, capsys):
@@ -126,7 +142,7 @@ def test_accuracy_cells_are_checked_before_any_training(capsys, tmp_path):
 @pytest.mark.parametrize(
     "module,argv,message",
     [
-        ("hub", ["lst"], "invalid choice: 'lst'"),
+        ("hub", ["lst"], "invalid choice: 'lst'; did you mean 'list'?"),
         ("planner", ["--model", "hpff_resnet32", "--batch-size", "8", "--budget", "1GB",
                      "--no-hillo"], "unrecognized arguments: --no-hillo; did you mean --no-hilo?"),
     ],
@@ -182,20 +198,33 @@ def test_benchmark_memory_says_each_configuration_as_it_starts(capsys):
     assert "[1/2] memory of e2e\n" in err and "[2/2] memory of dgl (K=2)" in err
 
 
-def test_local_step_in_eval_mode_warns_once(recwarn):
-    """A loop that evaluated and forgot ``train()`` would train with frozen BatchNorm statistics:
-    said once, not per step, and never in training mode."""
+def test_local_step_in_eval_mode_is_refused_before_any_work():
+    """A loop that evaluated and forgot ``train()`` would train with frozen BatchNorm statistics
+    and no dropout: refused, with no gradient computed; frozen statistics on purpose are the norm
+    layers alone in eval(), which trains."""
     model = timm.create_model("hpff_resnet32", num_classes=3, num_modules=2, pff=1, hilo=False)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-    model.train().local_step(x, y)
-    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
-    running_mean = model.backbone.bn1.running_mean.clone()
-    with pytest.warns(UserWarning, match=r"local_step on a model in eval\(\) mode.*train\(\)"):
+    expected = r"^LocalModel.local_step on a model in eval\(\) mode: call model.train\(\) first"
+    with pytest.raises(RuntimeError, match=expected):
         model.eval().local_step(x, y)
-    assert torch.equal(model.backbone.bn1.running_mean, running_mean)  # what the warning says
-    recwarn.clear()
-    model.local_step(x, y)
-    assert not [w for w in recwarn if "eval() mode" in str(w.message)]
+    assert all(p.grad is None for p in model.parameters())
+    model.train().backbone.bn1.eval()
+    running_mean = model.backbone.bn1.running_mean.clone()
+    assert set(model.local_step(x, y)) == {"module1", "head"}
+    assert torch.equal(model.backbone.bn1.running_mean, running_mean)
+
+
+def test_a_tag_without_weights_is_told_the_flag_that_starts_fresh():
+    """The library's advice (pretrained=False) is no flag of the recipes: they say their own."""
+    from types import SimpleNamespace
+
+    from hpff_zoo.training.build import create_local_model
+
+    config = RunConfig(model="hpff_resnet32.cifar10_infopro_k16_hpff", pretrained=True)
+    with pytest.raises(SystemExit, match="has no published weights") as error:
+        create_local_model(config, SimpleNamespace(channels=3, num_classes=10))
+    assert str(error.value).endswith(", or drop --pretrained to start from fresh weights.")
+    assert "pretrained=False" not in str(error.value)
 
 
 def test_a_fine_tune_is_never_published_as_the_tag_it_started_from(monkeypatch):

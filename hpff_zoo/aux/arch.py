@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..choices import unknown_name
+from ..choices import did_you_mean, unknown_name
 
 __all__ = ["AUX_PRESETS", "AUX_PRESET_NAMES", "AuxArch", "resolve_aux_arch"]
 
@@ -178,7 +178,8 @@ def resolve_aux_arch(method: str, aux: str | AuxArch | dict[str, Any] | None) ->
         known = {f.name for f in fields(AuxArch)}
         unknown = sorted(set(aux) - known)
         if unknown:
-            raise ValueError(f"unknown aux fields {unknown}; AuxArch has {sorted(known)}")
+            near = "".join(did_you_mean(name, known) for name in unknown)
+            raise ValueError(f"unknown aux fields {unknown}{near} (AuxArch has {sorted(known)})")
         independent = aux.get("hilo_independent")
         if isinstance(independent, dict):
             aux = {**aux, "hilo_independent": AuxArch(**independent)}

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUX_METHODS",
+    "AUX_OPTIONS",
     "PFF_SCOPES",
     "UNBUDGETED_METHODS",
     "AuxNet",
@@ -143,20 +144,27 @@ class AuxNet(nn.Module):
 
 
 AUX_METHODS: dict[str, Callable[[AuxSpec], AuxNet]] = {}
+# The ``AuxSpec.options`` keys each method's auxiliaries read: LocalModel refuses any other, which
+# would otherwise be ignored without a word (a misspelt ``lambda`` trains with the defaults).
+AUX_OPTIONS: dict[str, tuple[str, ...]] = {}
 # Methods whose auxiliaries hold copies of backbone blocks: the copies are the method, not a
 # size the default budget should trim (an explicit ``aux_budget`` still applies).
 UNBUDGETED_METHODS: set[str] = set()
 Factory = TypeVar("Factory", bound=Callable[[AuxSpec], AuxNet])
 
 
-def register_aux(name: str, default_budget: bool = True) -> Callable[[Factory], Factory]:
+def register_aux(
+    name: str, default_budget: bool = True, options: tuple[str, ...] = ()
+) -> Callable[[Factory], Factory]:
     """Decorator adding a local method to :data:`AUX_METHODS` under ``name``: an
     :class:`AuxNet` subclass, or a function of the spec where a method builds different
     networks for different levels (MLAAN). ``default_budget=False`` lists it in
-    :data:`UNBUDGETED_METHODS`."""
+    :data:`UNBUDGETED_METHODS`; ``options`` are the ``spec.options`` keys it reads
+    (:data:`AUX_OPTIONS`)."""
 
     def decorator(factory: Factory) -> Factory:
         AUX_METHODS[name] = factory
+        AUX_OPTIONS[name] = options
         if not default_budget:
             UNBUDGETED_METHODS.add(name)
         return factory

@@ -82,7 +82,7 @@ def _per_channel(values: tuple[float, ...], channels: int) -> Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1)
 
 
-@register_aux("infopro")
+@register_aux("infopro", options=("lambdas",))
 class InfoProAux(AuxNet):
     stacks_patches = True  # cross-entropy (and BCE) means
     needs_image = True

@@ -32,7 +32,7 @@ from .infopro import InfoProAux
 DEFAULT_MOMENTUM = 0.995
 
 
-@register_aux("man", default_budget=False)
+@register_aux("man", default_budget=False, options=("momentum",))
 class MANAux(AuxNet):
     """MAN's look-ahead auxiliary.
 

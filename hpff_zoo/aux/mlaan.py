@@ -101,7 +101,7 @@ class LeapAux(MANAux):
         return DGLAux(replace(spec, arch=replace(spec.arch, pool=None), pff_scope="all"))
 
 
-@register_aux("mlaan", default_budget=False)
+@register_aux("mlaan", default_budget=False, options=("momentum",))
 def mlaan_aux(spec: AuxSpec) -> AuxNet:
     """The independent level under HiLo is a classifier of ``spec.arch``; otherwise a leap."""
     if spec.hilo and not spec.cascade:

@@ -38,7 +38,7 @@ def similarity_matrix(x: Tensor) -> Tensor:
     return (normed @ normed.t()).clamp(-1, 1)
 
 
-@register_aux("predsim")
+@register_aux("predsim", options=("beta",))
 class PredSimAux(AuxNet):
     def __init__(self, spec: AuxSpec) -> None:
         super().__init__()

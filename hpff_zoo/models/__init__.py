@@ -3,7 +3,13 @@
 from . import cifar_resnet, hpff  # noqa: F401  (registration side effects)
 from .cifar_resnet import CifarResNet
 from .hpff import HPFF_MODELS
-from .pretrained import PretrainedWeightsError, available_tags, shipped_dir, shipped_folder
+from .pretrained import (
+    NoWeightsError,
+    PretrainedWeightsError,
+    available_tags,
+    shipped_dir,
+    shipped_folder,
+)
 from .tags import HUB_ORG, TAGS, TIMM_BACKBONES, TagSpec, TimmBackbone
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "TAGS",
     "TIMM_BACKBONES",
     "CifarResNet",
+    "NoWeightsError",
     "PretrainedWeightsError",
     "TagSpec",
     "TimmBackbone",

@@ -23,6 +23,7 @@ import timm
 from timm.models import DefaultCfg, PretrainedCfg, build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
+from ..choices import unknown_name
 from ..local import LocalModel, create_backbone, with_default_aux
 from .pretrained import available_tags, filter_checkpoint, load_with_fallback
 from .tags import TAGS, TIMM_BACKBONES
@@ -147,6 +148,7 @@ def _create(
     pretrained_cfg_overlay: dict[str, Any] | None = None,
     **kwargs: Any,
 ):
+    _check_tag(name, pretrained_cfg)
     cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
     spec = TAGS.get(f"{name}.{cfg.get('tag')}") or TIMM_BACKBONES.get(f"{name}.{cfg.get('tag')}")
     base, defaults = HPFF_MODELS[name]
@@ -171,6 +173,17 @@ def _create(
     if features is not None:
         return _features(base, model.pretrained_cfg, model.backbone.state_dict(), features, kwargs)
     return _describe_input(model)
+
+
+def _check_tag(name: str, pretrained_cfg: Any) -> None:
+    """A misspelt tag (``hpff_resnet32.fmnist_e2``), refused with the closest tags: timm's own
+    "Invalid pretrained tag" names neither those nor where the tags are listed.
+
+    The same type as timm's error (``RuntimeError``), so code that catches it still does."""
+    tags = default_cfgs[name].tags
+    if isinstance(pretrained_cfg, str) and pretrained_cfg not in tags:
+        message = unknown_name(f"{name} tag", pretrained_cfg, tags)
+        raise RuntimeError(f"{message} (python -m hpff_zoo.hub list)")
 
 
 def _tag_settings(spec, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .tags import TAGS, TIMM_BACKBONES, WEIGHTS_FILE
 
 __all__ = [
     "SHIPPED_DIR_ENV",
+    "NoWeightsError",
     "PretrainedWeightsError",
     "available_tags",
     "filter_checkpoint",
@@ -78,14 +79,24 @@ def available_tags() -> list[str]:
     return sorted([*own, *TIMM_BACKBONES])
 
 
-def _no_weights_message(name: str) -> str:
-    have = available_tags()
-    listed = ", ".join(have) if have else "none yet"
-    return (
-        f"{name} has no published weights (not on the Hub, no shipped folder in "
-        f"{shipped_dir()}). Tags with weights: {listed}. Use pretrained=False for a fresh model,"
-        " or train this tag (its model card in model_cards/ gives the command)."
-    )
+class NoWeightsError(PretrainedWeightsError):
+    """A tag with weights nowhere (not published, not shipped): there is nothing to download
+    or retry. :meth:`retold` is the same message with the caller's own way to start fresh, so
+    that a command line advises its flag rather than ``pretrained=False``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(self.retold("use pretrained=False for a fresh model"))
+
+    def retold(self, fresh: str) -> str:
+        """The message, ending with ``fresh``: how to start without these weights."""
+        have = available_tags()
+        listed = ", ".join(have) if have else "none yet"
+        return (
+            f"{self.name} has no published weights (not on the Hub, no shipped folder in "
+            f"{shipped_dir()}). Tags with weights: {listed}. Train this tag (its model card in "
+            f"model_cards/ gives the command), or {fresh}."
+        )
 
 
 # --- the source -------------------------------------------------------------------------------
@@ -166,7 +177,7 @@ def load_with_fallback(
     """
     if not _is_registry_source(cfg):
         if not any(cfg.get(key) for key in ("hf_hub_id", *_SOURCE_KEYS)):
-            raise PretrainedWeightsError(_no_weights_message(cfg.get("architecture", "model")))
+            raise NoWeightsError(cfg.get("architecture", "model"))
         return _build_checked(build, _safe_source(cfg, allow_pickle))
     name = f"{cfg['architecture']}.{cfg['tag']}"
     if name in TIMM_BACKBONES:
@@ -185,7 +196,7 @@ def load_with_fallback(
                 ) from err
             _logger.warning("Hub unreachable for %s (%s); loading %s", name, err, shipped)
     elif shipped is None:
-        raise PretrainedWeightsError(_no_weights_message(name))
+        raise NoWeightsError(name)
     return _build_checked(build, {**cfg, "file": str(shipped / WEIGHTS_FILE)})
 
 

@@ -12,10 +12,11 @@ per-iteration ``time`` over the logged intervals (validation and start-up exclud
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..choices import OneLineParser
 
 __all__ = ["RunReport", "read_run", "table"]
 
@@ -85,7 +86,7 @@ def table(reports: list[RunReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[RunReport]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = OneLineParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("runs", nargs="+", type=Path, help="work dirs of recipes/segmentation.py")
     parser.add_argument("--out", type=Path, help="folder for report.json and report.md")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import torch
 
 from ..data import ImageClassificationData
 from ..local import LocalModel, from_timm
-from ..models import HPFF_MODELS
+from ..models import HPFF_MODELS, NoWeightsError
 from ..planner import Plan, format_bytes, plan
 from .config import RunConfig
 from .errors import WEIGHTS_ERRORS, RunError, first_line
@@ -104,7 +104,10 @@ def create_local_model(config: RunConfig, data: ImageClassificationData) -> Loca
     create = timm.create_model if config.model.split(".")[0] in HPFF_MODELS else from_timm
     try:
         model = create(config.model, pretrained=config.pretrained, **kwargs)
-    except WEIGHTS_ERRORS as error:  # offline, no cache, a tag without weights
+    except NoWeightsError as error:  # nothing to download: the flag's way to start fresh
+        fresh = "drop --pretrained to start from fresh weights"
+        raise RunError(f"--pretrained: {error.retold(fresh)}") from None
+    except WEIGHTS_ERRORS as error:  # offline, no cache, unreadable
         raise RunError(f"--pretrained: {first_line(error)}") from None
     if planned:
         planned.chosen.apply_checkpointing(model)
