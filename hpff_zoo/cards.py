@@ -189,6 +189,7 @@ class CardFacts:
     num_params: int
     hf_hub_id: str | None
     auxiliaries: str = ""
+    ships_aux: bool = False  # the folder holds the trained auxiliary networks (aux.safetensors)
 
     @property
     def papers(self) -> tuple[Paper, ...]:
@@ -231,7 +232,9 @@ def find_dataset(name: str) -> Dataset | None:
     return None
 
 
-def card_facts(model: LocalModel, name: str, dataset: str, hf_hub_id: str | None) -> CardFacts:
+def card_facts(
+    model: LocalModel, name: str, dataset: str, hf_hub_id: str | None, ships_aux: bool = False
+) -> CardFacts:
     cfg = model.backbone.pretrained_cfg
     known = find_dataset(dataset)
     return CardFacts(
@@ -251,6 +254,7 @@ def card_facts(model: LocalModel, name: str, dataset: str, hf_hub_id: str | None
         num_params=sum(p.numel() for p in model.backbone.parameters()),
         hf_hub_id=hf_hub_id,
         auxiliaries=describe_auxiliaries(model),
+        ships_aux=ships_aux,
     )
 
 
@@ -300,6 +304,11 @@ with torch.no_grad():
     logits = model(transform(image).unsqueeze(0))
 # Fine-tune on N classes (fresh head and auxiliaries): num_classes=N
 # Features for detection / segmentation: features_only=True
+"""
+_CONTINUE = """\
+# Continue local training with its trained auxiliary networks (this folder ships them):
+#   from hpff_zoo import hub
+#   model = hub.load_model("$load_name")
 """
 _TRAINED = """\
 model = timm.create_model("$load_name", pretrained=True).eval()"""
@@ -487,6 +496,9 @@ def render_card(
     if load_name == "local-dir:.":
         create = "# Run from this folder (local-dir:. reads its config.json).\n" + create
     usage = Template(_USAGE).substitute(create=create, mode=mode, mode_note=mode_note)
+    if record and facts.ships_aux:  # hub.load_model reads a folder as a path, not local-dir:
+        folder_or_tag = "." if load_name == "local-dir:." else load_name
+        usage += Template(_CONTINUE).substitute(load_name=folder_or_tag)
     if record:
         usage += Template(_PLAIN_USAGE).substitute(
             base=facts.base,

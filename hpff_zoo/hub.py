@@ -275,7 +275,7 @@ def export_model(
         )
         name = spec.name if spec else out_dir.name
         hub_id = spec.hf_hub_id if spec else None
-        facts = card_facts(model, name, record.dataset, hub_id)
+        facts = card_facts(model, name, record.dataset, hub_id, ships_aux=include_aux)
         (staging / CARD_FILE).write_text(render_card(facts, record=record))
         record.save(staging / RECORD_FILE)
         for path in (staging, *staging.iterdir()):  # mkdtemp's private modes are not wanted
@@ -537,7 +537,9 @@ def write_catalogue_cards(
         if (folder / WEIGHTS_FILE).is_file() and (folder / RECORD_FILE).is_file():
             record = RunRecord.load(folder / RECORD_FILE)
             model = load_model(folder, with_aux=False)
-            card = render_card(card_facts(model, name, record.dataset, spec.hf_hub_id), record)
+            ships_aux = (folder / AUX_FILE).is_file()
+            facts = card_facts(model, name, record.dataset, spec.hf_hub_id, ships_aux)
+            card = render_card(facts, record)
         else:
             _logger.info("planned card for %s", name)
             model = timm.create_model(name)

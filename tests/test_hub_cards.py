@@ -83,6 +83,16 @@ def test_cards_show_measured_figures_or_say_not_trained():
         render_card(facts)
 
 
+def test_a_card_tells_how_to_continue_local_training_only_when_it_ships_the_auxiliaries():
+    model = timm.create_model(TAG)
+    plain, with_aux = (
+        render_card(card_facts(model, TAG, "fashion_mnist", None, ships_aux=ships), record())
+        for ships in (False, True)
+    )
+    assert "load_model" not in plain
+    assert f'model = hub.load_model("{TAG}")' in with_aux
+
+
 @pytest.mark.parametrize("name", sorted(TAGS))
 def test_shipped_model_cards_cover_the_catalogue(name):
     card = (MODEL_CARDS / name / "README.md").read_text()
