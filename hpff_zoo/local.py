@@ -422,7 +422,7 @@ class LocalModel(AuxiliaryBuilder, StreamedSchedule, nn.Module):
                 modules re-run, as above. ``"block"``: only the atoms are checkpointed; a
                 waiting module of several atoms keeps their inputs instead of re-running, one
                 module forward fewer per module for a little more memory (ResNet-101, K=4,
-                224 px: step time 2.1× → 1.8× E2E, step peak 0.25 → 0.30 of E2E's).
+                224 px: step time 2.1× → 1.8× E2E, step peak 0.26 → 0.31 of E2E's).
         """
         if granularity not in CHECKPOINT_GRANULARITIES:
             raise ValueError(
