@@ -139,3 +139,30 @@ def test_report_reads_each_figure_from_the_file_the_run_wrote(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
     assert "not a work dir" in capsys.readouterr().err
+
+
+def test_report_reads_a_resumed_run_whole(tmp_path):
+    """A run stopped after iteration 75 and resumed from its iteration-50 checkpoint: the
+    second session's scalars supersede the first's from step 75 on, each iteration counted once."""
+    run = tmp_path / "hpff-k4-scratch"
+    sessions = {
+        "20261206_230000": [
+            dict(loss=0.9, time=0.4, step=25),
+            dict(loss=0.7, time=0.4, step=50),
+            dict(mIoU=31.5, step=50),
+            dict(loss=0.65, time=0.4, step=75),  # re-trained after the resume
+        ],
+        "20261207_010000": [
+            dict(loss=0.6, time=0.3, step=75),
+            dict(loss=0.5, time=0.3, step=100),
+            dict(mIoU=40.0, step=100),
+        ],
+    }
+    for stamp, scalars in sessions.items():
+        (run / stamp / "vis_data").mkdir(parents=True)
+        lines = "\n".join(json.dumps(s) for s in scalars) + "\n"
+        (run / stamp / "vis_data" / "scalars.json").write_text(lines)
+    reports = report.read_run(run)
+    assert reports.val_miou == [(50, 31.5), (100, 40.0)]
+    assert reports.loss == [(25, 0.9), (50, 0.7), (75, 0.6), (100, 0.5)]
+    assert reports.train_seconds == pytest.approx(0.4 * 50 + 0.3 * 50)

@@ -1,11 +1,12 @@
 """``python -m hpff_zoo.seg.report``: one table from finished segmentation runs' work dirs.
 
 Every figure comes from a file mmengine or this package wrote in the run's work dir, so each is
-traceable: the loss and validation curves from ``<timestamp>/vis_data/scalars.json`` (the last
-training session's), the step peak from :class:`~hpff_zoo.seg.StepMemoryHook`'s
-``step_memory.json``, the flip test from ``recipes/segmentation.py test --tta flip
---work-dir RUN/test_flip``, and the training time as mmengine measured it: the sum of its
-per-iteration ``time`` over the logged intervals (validation and start-up excluded).
+traceable: the loss and validation curves from ``<timestamp>/vis_data/scalars.json`` (every
+training session's, so a run resumed with ``--resume`` reads whole), the step peak from
+:class:`~hpff_zoo.seg.StepMemoryHook`'s ``step_memory.json``, the flip test from
+``recipes/segmentation.py test --tta flip --work-dir RUN/test_flip``, and the training time as
+mmengine measured it: the sum of its per-iteration ``time`` over the logged intervals
+(validation and start-up excluded).
 
     python -m hpff_zoo.seg.report work_dirs/e2e-scratch work_dirs/e2e-transfer --out results/
 """
@@ -43,20 +44,30 @@ def _latest(folder: Path, pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
+def _scalar_records(work_dir: Path) -> list[dict]:
+    """Every training session's scalars in order, each resumed session superseding the steps
+    it re-trained (a run stopped between checkpoints resumes from the last one and logs those
+    iterations again). Session folders are mmengine's timestamps, so they sort in time."""
+    records: list[dict] = []
+    for scalars in sorted(work_dir.glob("2*/vis_data/scalars.json")):
+        session = [json.loads(line) for line in scalars.read_text().splitlines() if line]
+        if session:
+            first = min(record["step"] for record in session)
+            records = [record for record in records if record["step"] < first] + session
+    return records
+
+
 def read_run(work_dir: Path) -> RunReport:
     """The figures of the run in ``work_dir`` (a run with no scalars yet reads empty)."""
     report = RunReport(work_dir.name)
-    scalars = _latest(work_dir, "2*/vis_data/scalars.json")
-    if scalars is not None:
-        previous = 0
-        for line in scalars.read_text().splitlines():
-            record = json.loads(line)
-            if "mIoU" in record:
-                report.val_miou.append((record["step"], record["mIoU"]))
-            elif "loss" in record:
-                report.loss.append((record["step"], round(record["loss"], 4)))
-                report.train_seconds += record["time"] * (record["step"] - previous)
-                previous = record["step"]
+    previous = 0
+    for record in _scalar_records(work_dir):
+        if "mIoU" in record:
+            report.val_miou.append((record["step"], record["mIoU"]))
+        elif "loss" in record:
+            report.loss.append((record["step"], round(record["loss"], 4)))
+            report.train_seconds += record["time"] * (record["step"] - previous)
+            previous = record["step"]
     flip = _latest(work_dir / "test_flip", "2*/2*.json")
     if flip is not None:
         report.miou_flip = json.loads(flip.read_text())["mIoU"]
