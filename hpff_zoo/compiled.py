@@ -27,7 +27,16 @@ from torch import nn
 from .choices import unknown_name
 from .local import LocalModel
 
-__all__ = ["compile_local", "compiled_modules"]
+__all__ = ["check_backend", "compile_local", "compiled_modules"]
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if this torch has it, else a ``ValueError`` naming the closest ones; debug
+    backends count (``aot_eager`` traces without a C++ compiler)."""
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(unknown_name("torch.compile backend", backend, known))
+    return backend
 
 
 def compiled_modules(model: LocalModel) -> list[nn.Module]:
@@ -64,9 +73,7 @@ def compile_local(
     Compilation happens lazily, in the first steps (one graph per block shape and per auxiliary
     network, for the forward and the backward).
     """
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if backend not in known:
-        raise ValueError(unknown_name("torch.compile backend", backend, known))
+    check_backend(backend)
     if model.uses_aux and model.cascade_size > 1:
         # HiLo runs a module's backward twice (the cascade's input gradient with retain_graph,
         # then its parameters' gradient); a compiled backward that donates its saved buffers

@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from ..choices import positive_int, unknown_name
+from ..compiled import check_backend
 from .steps import model_kwargs
 
 __all__ = ["backend", "config_list", "device", "int_list"]
@@ -46,7 +47,7 @@ def device(text: str) -> str:
 
 def backend(text: str) -> str:
     """A ``torch.compile`` backend this torch has."""
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if text not in known:
-        raise argparse.ArgumentTypeError(unknown_name("torch.compile backend", text, known))
-    return text
+    try:
+        return check_backend(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
