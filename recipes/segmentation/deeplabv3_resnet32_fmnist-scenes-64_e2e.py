@@ -118,7 +118,8 @@ test_evaluator = val_evaluator
 
 # A schedule one CPU thread finishes in under an hour; SGD with poly decay as mmseg's.
 # At lr 0.05 or less every method collapsed to predicting background within 160 iterations
-# (mIoU 7-11); 0.2 gets past that. At 600, 2,400 and 4,800 iterations every curve still climbed.
+# (mIoU 7-11); 0.2 gets past that. Each doubling from 600 iterations still lifted every run,
+# the last (4,800 -> 9,600) by 1.5-3.3 mIoU.
 max_iters = 9600  # batch 8: 76,800 scenes, 19.2 passes over the 4,000
 optim_wrapper = dict(optimizer=dict(lr=0.2))
 param_scheduler = [
