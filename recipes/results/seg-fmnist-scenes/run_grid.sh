@@ -6,6 +6,8 @@
 #   INITS=scratch  bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
 #   INITS=transfer bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
 #   python -m hpff_zoo.seg.report WORK/*-scratch WORK/*-transfer --out recipes/results/seg-fmnist-scenes
+# ITERS=19200 trains a longer schedule than the config's (validation every ITERS/4, checkpoint
+# every ITERS/8, poly decay to ITERS), with the same config files.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 WORK=${1:-work_dirs/fmnist-scenes}
@@ -20,6 +22,9 @@ for method in ${METHODS:-hpff-k4 infopro-k4 e2e}; do
     extra=()
     [ "$init" = transfer ] && extra=(--backbone-checkpoint "model_cards/${TAG[$method]}")
     [ -f "$run/last_checkpoint" ] && extra+=(--resume)
+    [ -n "${ITERS:-}" ] && extra+=(--cfg-options "train_cfg.max_iters=$ITERS"
+      "train_cfg.val_interval=$((ITERS / 4))" "default_hooks.checkpoint.interval=$((ITERS / 8))"
+      "param_scheduler.0.end=$ITERS")
     mkdir -p "$run"
     start=$(date +%s)
     OMP_NUM_THREADS=1 $PY recipes/segmentation.py train "$config" --work-dir "$run" --data-root "$DATA" "${extra[@]}" >> "$run.log" 2>&1
