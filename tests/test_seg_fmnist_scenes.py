@@ -166,3 +166,24 @@ def test_report_reads_a_resumed_run_whole(tmp_path):
     assert reports.val_miou == [(50, 31.5), (100, 40.0)]
     assert reports.loss == [(25, 0.9), (50, 0.7), (75, 0.6), (100, 0.5)]
     assert reports.train_seconds == pytest.approx(0.4 * 50 + 0.3 * 50)
+
+
+def test_schedule_table_lines_up_reports_by_their_schedule_length(tmp_path, capsys):
+    """Files in any order; a run missing from the shorter schedule gets a dash and no gain."""
+
+    def write(name: str, schedule: int, mious: dict) -> str:
+        records = [dict(name=n, val_miou=[[schedule // 2, 1.0], [schedule, m]], miou=m)
+                   for n, m in mious.items()]  # fmt: skip
+        (tmp_path / name).write_text(json.dumps(records))
+        return str(tmp_path / name)
+
+    long = write("report.json", 9600, {"e2e-scratch": 68.19, "hpff-k4-scratch": 66.22})
+    short = write("report-4800.json", 4800, {"e2e-scratch": 64.94})
+    report.main(["--schedules", long, short])
+    out = capsys.readouterr().out
+    assert "| run | 4,800 | 9,600 | gain of the last doubling |" in out
+    assert "| e2e-scratch | 64.94 | 68.19 | +3.25 |" in out
+    assert "| hpff-k4-scratch | – | 66.22 |  |" in out
+    with pytest.raises(SystemExit):
+        report.main([long, "--schedules", short])
+    assert "not both or neither" in capsys.readouterr().err

@@ -9,6 +9,12 @@ mmengine measured it: the sum of its per-iteration ``time`` over the logged inte
 (validation and start-up excluded).
 
     python -m hpff_zoo.seg.report work_dirs/e2e-scratch work_dirs/e2e-transfer --out results/
+
+With ``--schedules``, it instead lines up the ``report.json`` files of the same runs trained to
+different schedule lengths (each its own run, with its own poly decay): single-scale mIoU by
+schedule and the gain of the last doubling, which is how this folder judges convergence.
+
+    python -m hpff_zoo.seg.report --schedules results/report-4800.json results/report.json
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from ..choices import OneLineParser
 
-__all__ = ["RunReport", "read_run", "table"]
+__all__ = ["RunReport", "read_run", "schedule_table", "table"]
 
 
 @dataclass
@@ -96,11 +102,52 @@ def table(reports: list[RunReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _schedule(records: list[dict]) -> int:
+    """A report's schedule length: the iteration of its runs' last validation."""
+    return max(record["val_miou"][-1][0] for record in records)
+
+
+def schedule_table(reports: list[Path]) -> str:
+    """A Markdown table of single-scale mIoU by schedule length, one row per run name, from
+    ``report.json`` files; the last column is the gain of the longest schedule over the one
+    before it (blank where a run lacks either)."""
+    by_schedule: dict[int, dict[str, float]] = {}
+    for path in reports:
+        records = json.loads(path.read_text())
+        by_schedule[_schedule(records)] = {r["name"]: r["miou"] for r in records}
+    schedules = sorted(by_schedule)
+    names = list(dict.fromkeys(name for s in schedules for name in by_schedule[s]))
+    header = " | ".join(f"{s:,}" for s in schedules)
+    lines = [f"| run | {header} | gain of the last doubling |", "|---" * (len(schedules) + 2) + "|"]
+    for name in names:
+        values = [by_schedule[s].get(name) for s in schedules]
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
+        gain = "" if len(values) < 2 or None in values[-2:] else f"{values[-1] - values[-2]:+.2f}"
+        lines.append(f"| {name} | {cells} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> list[RunReport]:
     parser = OneLineParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("runs", nargs="+", type=Path, help="work dirs of recipes/segmentation.py")
+    parser.add_argument("runs", nargs="*", type=Path, help="work dirs of recipes/segmentation.py")
     parser.add_argument("--out", type=Path, help="folder for report.json and report.md")
+    parser.add_argument(
+        "--schedules",
+        nargs="+",
+        type=Path,
+        metavar="REPORT_JSON",
+        help="instead of work dirs: report.json files of one grid at different schedule "
+        "lengths; prints mIoU by schedule and the gain of the last doubling",
+    )
     args = parser.parse_args(argv)
+    if bool(args.runs) == bool(args.schedules):
+        parser.error("give either work dirs or --schedules REPORT_JSON ..., not both or neither")
+    if args.schedules:
+        missing = [str(path) for path in args.schedules if not path.is_file()]
+        if missing:
+            parser.error(f"not a report.json: {', '.join(missing)}")
+        print(schedule_table(args.schedules), end="")
+        return []
     missing = [str(run) for run in args.runs if not run.is_dir()]
     if missing:
         parser.error(f"not a work dir: {', '.join(missing)}")
