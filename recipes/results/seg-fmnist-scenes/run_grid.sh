@@ -7,7 +7,7 @@
 #   INITS=transfer bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
 #   python -m hpff_zoo.seg.report WORK/*-scratch WORK/*-transfer --out recipes/results/seg-fmnist-scenes
 # ITERS=19200 trains a longer schedule than the config's (validation every ITERS/4, checkpoint
-# every ITERS/8, poly decay to ITERS), with the same config files.
+# every ITERS/8 or every CKPT iterations, poly decay to ITERS), with the same config files.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 WORK=${1:-work_dirs/fmnist-scenes}
@@ -23,7 +23,7 @@ for method in ${METHODS:-hpff-k4 infopro-k4 e2e}; do
     [ "$init" = transfer ] && extra=(--backbone-checkpoint "model_cards/${TAG[$method]}")
     [ -f "$run/last_checkpoint" ] && extra+=(--resume)
     [ -n "${ITERS:-}" ] && extra+=(--cfg-options "train_cfg.max_iters=$ITERS"
-      "train_cfg.val_interval=$((ITERS / 4))" "default_hooks.checkpoint.interval=$((ITERS / 8))"
+      "train_cfg.val_interval=$((ITERS / 4))" "default_hooks.checkpoint.interval=${CKPT:-$((ITERS / 8))}"
       "param_scheduler.0.end=$ITERS")
     mkdir -p "$run"
     start=$(date +%s)
