@@ -169,7 +169,8 @@ def test_report_reads_a_resumed_run_whole(tmp_path):
 
 
 def test_schedule_table_lines_up_reports_by_their_schedule_length(tmp_path, capsys):
-    """Files in any order; a run missing from the shorter schedule gets a dash and no gain."""
+    """Files in any order; a run missing from the shorter schedule gets a dash and no gain, one
+    missing from the longest gets its own last doubling's gain, marked with its schedule."""
 
     def write(name: str, schedule: int, mious: dict) -> str:
         records = [dict(name=n, val_miou=[[schedule // 2, 1.0], [schedule, m]], miou=m)
@@ -177,13 +178,19 @@ def test_schedule_table_lines_up_reports_by_their_schedule_length(tmp_path, caps
         (tmp_path / name).write_text(json.dumps(records))
         return str(tmp_path / name)
 
-    long = write("report.json", 9600, {"e2e-scratch": 68.19, "hpff-k4-scratch": 66.22})
-    short = write("report-4800.json", 4800, {"e2e-scratch": 64.94})
-    report.main(["--schedules", long, short])
+    long = write("report.json", 19200, {"e2e-scratch": 69.85, "hpff-k4-scratch": 67.90})
+    mid = write(
+        "report-9600.json",
+        9600,
+        {"e2e-scratch": 68.19, "hpff-k4-scratch": 66.22, "infopro-k4-scratch": 66.99},
+    )
+    short = write("report-4800.json", 4800, {"e2e-scratch": 64.94, "infopro-k4-scratch": 64.23})
+    report.main(["--schedules", long, short, mid])
     out = capsys.readouterr().out
-    assert "| run | 4,800 | 9,600 | gain of the last doubling |" in out
-    assert "| e2e-scratch | 64.94 | 68.19 | +3.25 |" in out
-    assert "| hpff-k4-scratch | – | 66.22 |  |" in out
+    assert "| run | 4,800 | 9,600 | 19,200 | gain of the last doubling |" in out
+    assert "| e2e-scratch | 64.94 | 68.19 | 69.85 | +1.66 |" in out
+    assert "| hpff-k4-scratch | – | 66.22 | 67.90 | +1.68 |" in out
+    assert "| infopro-k4-scratch | 64.23 | 66.99 | – | +2.76 at 9,600 |" in out
     with pytest.raises(SystemExit):
         report.main([long, "--schedules", short])
     assert "not both or neither" in capsys.readouterr().err

@@ -109,8 +109,9 @@ def _schedule(records: list[dict]) -> int:
 
 def schedule_table(reports: list[Path]) -> str:
     """A Markdown table of single-scale mIoU by schedule length, one row per run name, from
-    ``report.json`` files; the last column is the gain of the longest schedule over the one
-    before it (blank where a run lacks either)."""
+    ``report.json`` files. The last column is the gain of each run's own longest schedule over
+    the one before it, marked with that schedule where it is not the table's longest (a run
+    that levelled need not be trained further); blank where the run lacks the one before."""
     by_schedule: dict[int, dict[str, float]] = {}
     for path in reports:
         records = json.loads(path.read_text())
@@ -122,7 +123,13 @@ def schedule_table(reports: list[Path]) -> str:
     for name in names:
         values = [by_schedule[s].get(name) for s in schedules]
         cells = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
-        gain = "" if len(values) < 2 or None in values[-2:] else f"{values[-1] - values[-2]:+.2f}"
+        trained = [i for i, v in enumerate(values) if v is not None]
+        gain = ""
+        if len(trained) >= 2 and trained[-2] == trained[-1] - 1:
+            last, before = values[trained[-1]], values[trained[-2]]
+            gain = f"{last - before:+.2f}"
+            if trained[-1] < len(schedules) - 1:
+                gain += f" at {schedules[trained[-1]]:,}"
         lines.append(f"| {name} | {cells} | {gain} |")
     return "\n".join(lines) + "\n"
 
