@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The six runs of this folder's table (3 methods x scratch/transferred), one thread each, in
+# The runs of this folder's table (3 methods x scratch/transferred), one thread each, in
 # sequence; resumable: a finished run (wall.txt) is skipped, a stopped one goes on with --resume.
 # Each run's train wall seconds go to RUN/wall.txt (summed over resumed segments), its flip test
-# to RUN/test_flip/. The table was made with two lanes at once on two cores:
-#   INITS=scratch  bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
-#   INITS=transfer bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
+# to RUN/test_flip/. The table was made with two lanes at once on two cores, E2E and HPFF at the
+# config's 38,400 iterations and InfoPro, which had levelled, at 19,200:
+#   METHODS="hpff-k4 e2e" INITS=scratch  bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
+#   METHODS="hpff-k4 e2e" INITS=transfer bash recipes/results/seg-fmnist-scenes/run_grid.sh WORK &
 #   python -m hpff_zoo.seg.report WORK/*-scratch WORK/*-transfer --out recipes/results/seg-fmnist-scenes
-# ITERS=19200 trains a longer schedule than the config's (validation every ITERS/4, checkpoint
+# ITERS=19200 trains another schedule than the config's (validation every ITERS/4, checkpoint
 # every ITERS/8 or every CKPT iterations, poly decay to ITERS), with the same config files.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
